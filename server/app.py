@@ -1,0 +1,89 @@
+"""The composition root: builds engine, node and Tornado application from a `Config`, and runs it.
+
+Owns: `Gust` (the assembled server), `serve`. Everything is built here and passed down through handler
+`initialize` kwargs; nothing is global. May import everything in the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import tornado.httpserver
+import tornado.routing
+import tornado.web
+
+from .auth import TokenVerifier
+from .config import Config
+from .engines import create_engine
+from .handlers import HANDLERS
+from .node import Node
+from .pages import HealthHandler, IndexHandler
+from .protocol import Disconnects
+from .session import ClientSession
+from .websocket import WebSocketHandler
+
+log = logging.getLogger("gust")
+PACKAGE_DIR = Path(__file__).resolve().parent
+STATIC_DIR = PACKAGE_DIR.parent / "static"
+WEBSOCKET_MAX_MESSAGE_SIZE = 65536
+
+
+class Gust:
+    """One Gust node: engine + node + the Tornado application that serves it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node = Node(config, create_engine(config))
+        self.verifier = TokenVerifier(config.client.token)
+
+    async def start(self) -> None:
+        await self.node.start()
+
+    async def close(self) -> None:
+        """Close every client with 3001 "shutdown" (SDKs reconnect), then stop the engine."""
+        for sub in list(self.node.hub.all_sessions()):
+            if isinstance(sub, ClientSession):
+                sub.close(Disconnects.SHUTDOWN)
+        await self.node.close()
+
+    def routes(self, prefix: str = "") -> list[tornado.routing.Rule]:
+        ws_kwargs: dict[str, Any] = {"node": self.node, "verifier": self.verifier, "handlers": HANDLERS}
+        return [
+            tornado.web.url(prefix + r"/connection/websocket", WebSocketHandler, ws_kwargs),
+            tornado.web.url(prefix + r"/health", HealthHandler),
+            tornado.web.url(prefix + r"/", IndexHandler, {"node": self.node}),
+        ]
+
+    def make_app(self) -> tornado.web.Application:
+        return tornado.web.Application(
+            self.routes(),
+            static_path=str(STATIC_DIR),
+            template_path=str(PACKAGE_DIR / "templates"),
+            websocket_max_message_size=WEBSOCKET_MAX_MESSAGE_SIZE,
+            xheaders=False,
+        )
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    gust = Gust(config)
+    await gust.start()
+    server = tornado.httpserver.HTTPServer(gust.make_app())
+    server.listen(config.http_server.port, config.http_server.address)
+    host = config.http_server.address or "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    log.info("Gust serving on http://%s:%d (engine %s)", shown, config.http_server.port, config.engine.type)
+    print(f"Gust is running: http://{shown}:{config.http_server.port}/", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()
+    await gust.close()
+    await server.close_all_connections()

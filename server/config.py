@@ -1,0 +1,377 @@
+"""Configuration: frozen dataclasses named after Centrifugo v6 options, loaded from defaults, a JSON or TOML
+file, `GUST_*` environment variables and command-line flags (in rising precedence), validated before anything
+listens. Errors name the offending key.
+
+Owns: `Config` and its sections, `ChannelOptions`, `load_config`, `ConfigError`, `parse_duration`.
+Must not import anything outside the standard library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DURATION = {"duration": True}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+NAMESPACE_NAME_RE = re.compile(r"^[-a-zA-Z0-9_]{2,}$")
+ENGINE_TYPES = ("memory",)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key it concerns."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+def dur(seconds: float) -> Any:
+    """A duration field (seconds as float; accepts Go-style strings such as "25s", "720h", "1m30s")."""
+    return field(default=seconds, metadata=DURATION)
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Parse a Centrifugo duration: a Go duration string ("25s", "1h30m", "500ms") or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a duration such as \"25s\", got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(key, f"expected a non-negative duration, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "0":
+            return 0.0
+        pos, total = 0, 0.0
+        for match in _DURATION_RE.finditer(text):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if text and pos == len(text):
+            return total
+    raise ConfigError(key, f"expected a duration such as \"25s\" or \"720h\", got {value!r}")
+
+
+# --- the option tree --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """Per-namespace channel options, with Centrifugo's names and semantics (all off by default)."""
+
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    history_size: int = 0
+    history_ttl: float = dur(0.0)
+    force_positioning: bool = False
+    allow_positioning: bool = False
+    force_recovery: bool = False
+    allow_recovery: bool = False
+    allow_subscribe_for_client: bool = False
+    allow_subscribe_for_anonymous: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_client: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_history_for_subscriber: bool = False
+    allow_history_for_client: bool = False
+    allow_history_for_anonymous: bool = False
+    allow_presence_for_subscriber: bool = False
+    allow_presence_for_client: bool = False
+    allow_presence_for_anonymous: bool = False
+    allow_user_limited_channels: bool = False
+    channel_regex: str = ""
+
+    @property
+    def history_enabled(self) -> bool:
+        return self.history_size > 0 and self.history_ttl > 0
+
+
+@dataclass(frozen=True)
+class Namespace(ChannelOptions):
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    without_namespace: ChannelOptions = field(default_factory=ChannelOptions)
+    namespaces: tuple[Namespace, ...] = ()
+    max_length: int = 255
+    history_meta_ttl: float = dur(720 * 3600.0)
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    hmac_secret_key: str = ""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    token: TokenConfig = field(default_factory=TokenConfig)
+    allowed_origins: tuple[str, ...] = ()
+    allow_anonymous_connect_without_token: bool = False
+    ping_interval: float = dur(25.0)
+    pong_timeout: float = dur(8.0)
+    stale_close_delay: float = dur(10.0)
+    presence_update_interval: float = dur(27.0)
+    presence_ttl: float = dur(60.0)
+    channel_limit: int = 128
+    queue_max_size: int = 1048576
+    history_max_publication_limit: int = 300
+    recovery_max_publication_limit: int = 300
+
+
+@dataclass(frozen=True)
+class HttpServerConfig:
+    address: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class HttpApiConfig:
+    key: str = ""
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    type: str = "memory"
+
+
+@dataclass(frozen=True)
+class Config:
+    http_server: HttpServerConfig = field(default_factory=HttpServerConfig)
+    http_api: HttpApiConfig = field(default_factory=HttpApiConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    log_level: str = "info"
+    development: bool = False
+
+    def namespace_options(self, name: str) -> ChannelOptions | None:
+        """Options for namespace `name` ("" = channels without a namespace); None when not configured."""
+        if name == "":
+            return self.channel.without_namespace
+        return next((ns for ns in self.channel.namespaces if ns.name == name), None)
+
+
+# The development setup `make run` starts when no configuration file is given at all.
+DEVELOPMENT_PRESET: dict[str, Any] = {
+    "development": True,
+    "client": {"allow_anonymous_connect_without_token": True},
+    "channel": {
+        "namespaces": [
+            {
+                "name": "chat",
+                "presence": True,
+                "join_leave": True,
+                "force_push_join_leave": True,
+                "history_size": 100,
+                "history_ttl": "24h",
+                "force_recovery": True,
+                "allow_subscribe_for_client": True,
+                "allow_subscribe_for_anonymous": True,
+                "allow_publish_for_client": True,
+                "allow_publish_for_anonymous": True,
+                "allow_history_for_client": True,
+                "allow_history_for_anonymous": True,
+                "allow_presence_for_client": True,
+                "allow_presence_for_anonymous": True,
+            }
+        ]
+    },
+}
+
+
+# --- building dataclasses from plain data -----------------------------------------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "an object"
+    return {bool: "a boolean", int: "an integer", str: "a string", float: "a number"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str, is_duration: bool) -> Any:
+    if is_duration:
+        return parse_duration(value, key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected an object, got {value!r}")
+        return build(typing.cast(type, tp), value, key)
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_convert(item, v, f"{key}[{i}]", False) for i, v in enumerate(value))
+    ok = type(value) is tp or (tp is float and type(value) is int)
+    if not ok:
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise `ConfigError` naming the key."""
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in fields:
+            raise ConfigError(key, "unknown option")
+        kwargs[name] = _convert(hints[name], value, key, bool(fields[name].metadata.get("duration")))
+    return cls(**kwargs)
+
+
+def _parse_env_value(tp: Any, text: str, key: str, is_duration: bool) -> Any:
+    if is_duration:
+        return text
+    if tp is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(key, f"expected a boolean, got {text!r}")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(key, f"expected an integer, got {text!r}") from None
+    if typing.get_origin(tp) is tuple:
+        if text.lstrip().startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(key, f"expected a JSON list: {exc}") from None
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+def env_overrides(environ: Mapping[str, str], cls: type = Config, prefix: str = "") -> dict[str, Any]:
+    """Nested overrides from `GUST_<PATH>` variables, e.g. GUST_HTTP_SERVER_PORT → http_server.port."""
+    out: dict[str, Any] = {}
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            nested = env_overrides(environ, typing.cast(type, tp), key)
+            if nested:
+                out[f.name] = nested
+            continue
+        var = "GUST_" + key.upper().replace(".", "_")
+        if var in environ:
+            out[f.name] = _parse_env_value(tp, environ[var], key, bool(f.metadata.get("duration")))
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a JSON or TOML file (by extension; JSON is tried first for other names)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data: Any = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("", f"cannot parse config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("", f"config file {path} must hold an object at the top level")
+    return data
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults < file (or the development preset when there is no file) < environment < flags."""
+    data: dict[str, Any] = read_config_file(path) if path is not None else dict(DEVELOPMENT_PRESET)
+    data = deep_merge(data, env_overrides(environ or {}))
+    data = deep_merge(data, flags or {})
+    config = typing.cast(Config, build(Config, data))
+    validate(config)
+    return config
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Build and validate a Config from a plain (possibly nested) mapping, as a file would give it."""
+    config = typing.cast(Config, build(Config, data))
+    validate(config)
+    return config
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+
+def _validate_channel_options(opts: ChannelOptions, key: str) -> None:
+    if opts.history_size < 0:
+        raise ConfigError(f"{key}.history_size", "must not be negative")
+    if (opts.history_size > 0) != (opts.history_ttl > 0):
+        raise ConfigError(key, "history_size and history_ttl must be set together")
+    if (opts.force_recovery or opts.allow_recovery) and not opts.history_enabled:
+        raise ConfigError(key, "recovery needs history: set history_size and history_ttl")
+    if opts.channel_regex:
+        try:
+            re.compile(opts.channel_regex)
+        except re.error as exc:
+            raise ConfigError(f"{key}.channel_regex", f"invalid regular expression: {exc}") from None
+
+
+def validate(config: Config) -> None:
+    c = config.client
+    if not 0 <= config.http_server.port <= 65535:
+        raise ConfigError("http_server.port", f"expected 0..65535, got {config.http_server.port}")
+    if c.ping_interval <= 0 or c.pong_timeout <= 0:
+        raise ConfigError("client.ping_interval", "ping_interval and pong_timeout must be positive")
+    if c.pong_timeout >= c.ping_interval:
+        raise ConfigError("client.pong_timeout", "must be shorter than client.ping_interval")
+    for name in ("channel_limit", "queue_max_size", "history_max_publication_limit",
+                 "recovery_max_publication_limit"):
+        if getattr(c, name) <= 0:
+            raise ConfigError(f"client.{name}", "must be positive")
+    if config.engine.type not in ENGINE_TYPES:
+        raise ConfigError("engine.type", f"expected one of {', '.join(ENGINE_TYPES)}, got {config.engine.type!r}")
+    if config.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level", f"expected debug, info, warning or error, got {config.log_level!r}")
+    _validate_channel_options(config.channel.without_namespace, "channel.without_namespace")
+    seen: set[str] = set()
+    for i, ns in enumerate(config.channel.namespaces):
+        key = f"channel.namespaces[{i}]"
+        if not NAMESPACE_NAME_RE.match(ns.name):
+            raise ConfigError(f"{key}.name", f"expected a name matching {NAMESPACE_NAME_RE.pattern}, got {ns.name!r}")
+        if ns.name in seen:
+            raise ConfigError(f"{key}.name", f"duplicate namespace {ns.name!r}")
+        seen.add(ns.name)
+        _validate_channel_options(ns, key)
+
+

@@ -1,0 +1,182 @@
+"""`Node`: the façade that sessions and the HTTP API use for every channel operation on this server.
+
+Implements `EngineEvents`: the engine's `on_publication` is the one delivery path to local subscribers.
+Owns channel locks around the first/last local subscriber and the periodic presence refresh.
+May import: model, protocol, channels, engines, hub, config. Never imports session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from .channels import resolve_channel
+from .config import ChannelOptions, Config
+from .engines import Engine, HistoryOptions
+from .hub import Hub, Subscriber
+from .model import ClientInfo, PresenceStats, Publication, StreamPosition
+from .protocol import ErrorCode, ReplyError
+
+log = logging.getLogger("gust.node")
+
+
+class Node:
+    def __init__(self, config: Config, engine: Engine, hub: Hub | None = None) -> None:
+        self.config = config
+        self.engine = engine
+        self.hub = hub or Hub()
+        self._locks = ChannelLocks()
+        self._presence_info: dict[tuple[str, str], ClientInfo] = {}
+        self._maintenance: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.engine.start(self)
+        self._maintenance = asyncio.create_task(self._maintain(), name="gust-node-maintenance")
+
+    async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            self._maintenance = None
+        await self.engine.close()
+
+    def resolve(self, channel: str) -> ChannelOptions:
+        return resolve_channel(self.config, channel)
+
+    def history_options(self, opts: ChannelOptions) -> HistoryOptions:
+        return HistoryOptions(opts.history_size, opts.history_ttl, self.config.channel.history_meta_ttl)
+
+    # EngineEvents
+
+    def on_publication(self, channel: str, pub: Publication) -> None:
+        self.hub.broadcast(channel, pub)
+
+    def on_join(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast_join_leave(channel, "join", info)
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast_join_leave(channel, "leave", info)
+
+    # operations
+
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        skip_history: bool = False,
+    ) -> StreamPosition:
+        opts = self.resolve(channel)
+        history = HistoryOptions() if skip_history else self.history_options(opts)
+        return await self.engine.publish(channel, data, info, tags or {}, history)
+
+    async def subscribe(self, sub: Subscriber, channel: str) -> None:
+        """Add `sub` to the hub; the engine hears of the channel's first local subscriber."""
+        async with self._locks.hold(channel):
+            if self.hub.add_subscriber(channel, sub):
+                try:
+                    await self.engine.subscribe(channel)
+                except BaseException:
+                    self.hub.remove_subscriber(channel, sub)
+                    raise
+
+    async def unsubscribe(self, sub: Subscriber, channel: str) -> None:
+        async with self._locks.hold(channel):
+            if self.hub.remove_subscriber(channel, sub):
+                await self.engine.unsubscribe(channel)
+
+    async def history(
+        self, channel: str, since: StreamPosition | None, limit: int, reverse: bool
+    ) -> tuple[list[Publication], StreamPosition]:
+        """Stream history; error 108 when the channel keeps none, 112 when `since` is from another epoch."""
+        opts = self.resolve(channel)
+        if not opts.history_enabled:
+            raise ReplyError(ErrorCode.NOT_AVAILABLE, "history is not enabled for this channel")
+        pubs, top = await self.engine.history(channel, since, limit, reverse, self.config.channel.history_meta_ttl)
+        if since is not None and since.epoch and since.epoch != top.epoch:
+            raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION, "epoch changed")
+        return pubs, top
+
+    async def stream_top(self, channel: str) -> StreamPosition:
+        opts = self.resolve(channel)
+        if not opts.history_enabled:
+            return StreamPosition()
+        _, top = await self.engine.history(channel, None, 0, False, self.config.channel.history_meta_ttl)
+        return top
+
+    def _presence_opts(self, channel: str) -> ChannelOptions:
+        opts = self.resolve(channel)
+        if not opts.presence:
+            raise ReplyError(ErrorCode.NOT_AVAILABLE, "presence is not enabled for this channel")
+        return opts
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        self._presence_opts(channel)
+        return await self.engine.presence(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        self._presence_opts(channel)
+        return await self.engine.presence_stats(channel)
+
+    async def add_presence(self, channel: str, info: ClientInfo) -> None:
+        self._presence_info[(channel, info.client)] = info
+        await self.engine.add_presence(channel, info.client, info, self.config.client.presence_ttl)
+
+    async def remove_presence(self, channel: str, client_id: str) -> None:
+        self._presence_info.pop((channel, client_id), None)
+        await self.engine.remove_presence(channel, client_id)
+
+    async def join(self, channel: str, info: ClientInfo) -> None:
+        await self.engine.publish_join(channel, info)
+
+    async def leave(self, channel: str, info: ClientInfo) -> None:
+        await self.engine.publish_leave(channel, info)
+
+    # maintenance
+
+    async def _maintain(self) -> None:
+        interval = self.config.client.presence_update_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh_presence()
+                await self.engine.maintain()
+            except Exception:
+                log.exception("periodic maintenance failed")
+
+    async def refresh_presence(self) -> None:
+        """Re-announce every local presence entry so the engine's TTL keeps it alive."""
+        ttl = self.config.client.presence_ttl
+        for (channel, client_id), info in list(self._presence_info.items()):
+            await self.engine.add_presence(channel, client_id, info, ttl)
+
+
+@dataclass
+class _LockEntry:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class ChannelLocks:
+    """One asyncio.Lock per channel, dropped from the table when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _LockEntry] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, channel: str) -> AsyncIterator[None]:
+        entry = self._entries.setdefault(channel, _LockEntry())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._entries[channel]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,397 @@
+"""`ClientSession`: one client connection's protocol state machine. Bytes in (`handle_frame`), frames out
+through a `Transport`; no Tornado import, so it runs under a fake transport in tests.
+
+Owns: the connection state (`State`), per-subscription state (`Subscription`), command dispatch, the bounded
+outgoing buffer coalesced into one newline-joined frame per IOLoop turn, server pings and pong deadlines, the
+stale timer and connection expiry. Permission checks for subscribe/publish/history/presence live in
+`handlers.py`. May import: model, protocol, auth, channels, node, config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from . import __version__
+from .auth import TokenExpired, TokenInvalid, TokenVerifier
+from .config import Config
+from .model import ClientInfo, Publication
+from .node import Node
+from .protocol import (
+    PING_FRAME,
+    Command,
+    Disconnect,
+    Disconnects,
+    ErrorCode,
+    ProtocolError,
+    ReplyError,
+    decode_command,
+    encode_error,
+    encode_pub_push,
+    encode_reply,
+    encode_unsubscribe_push,
+    get_str,
+    request_object,
+    split_frame,
+)
+
+log = logging.getLogger("gust.session")
+REFRESH_GRACE = 25.0  # seconds a connection may stay after its token expired, waiting for `refresh`
+UNSUBSCRIBE_INSUFFICIENT_STATE = (2500, "insufficient state")
+
+
+class Transport(Protocol):
+    """How a session reaches its peer. `write` sends one text frame; `close` sends a close frame."""
+
+    def write(self, frame: bytes) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+    def pending_bytes(self) -> int:
+        """Bytes handed to `write` that the peer has not taken yet."""
+        ...
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class SubState(enum.Enum):
+    SUBSCRIBING = "subscribing"  # live publications are buffered, not sent
+    LIVE = "live"
+
+
+class Subscription:
+    __slots__ = (
+        "buffer",
+        "channel",
+        "epoch",
+        "info",
+        "join_leave",
+        "offset",
+        "positioned",
+        "presence",
+        "push_join_leave",
+        "recoverable",
+        "state",
+    )
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.state = SubState.SUBSCRIBING
+        self.buffer: list[Publication] = []
+        self.positioned = False
+        self.recoverable = False
+        self.push_join_leave = False
+        self.presence = False
+        self.join_leave = False
+        self.offset = 0
+        self.epoch = ""
+        self.info: ClientInfo | None = None
+
+
+Handler = Callable[["ClientSession", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ClientSession:
+    """A connection's protocol state. Commands of one connection run strictly one after another."""
+
+    def __init__(self, node: Node, transport: Transport, verifier: TokenVerifier, handlers: dict[str, Handler]):
+        self.node = node
+        self.config: Config = node.config
+        self.transport = transport
+        self.verifier = verifier
+        self.handlers = handlers
+        self.state = State.CONNECTING
+        self.client_id = str(uuid.uuid4())
+        self.user = ""
+        self.conn_info: bytes | None = None
+        self.expire_at = 0
+        self.subs: dict[str, Subscription] = {}
+        self.close_code: int | None = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._pong_due: asyncio.TimerHandle | None = None
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._deferred: list[Callable[[], Awaitable[None]]] = []
+        self._set_timer("stale", self.config.client.stale_close_delay, self._on_stale)
+
+    # --- inbound -------------------------------------------------------------------------------------------
+
+    async def handle_frame(self, frame: bytes | str) -> None:
+        """Process every command of one frame, in order. Never raises."""
+        for line in split_frame(frame):
+            if self.state is State.CLOSED:
+                return
+            try:
+                cmd = decode_command(line)
+            except ProtocolError as exc:
+                self._protocol_violation(exc)
+                return
+            await self._handle_command(cmd)
+
+    async def _handle_command(self, cmd: Command) -> None:
+        if cmd.method == "":
+            self._on_pong()
+            return
+        if cmd.method == "send":
+            # No asynchronous message handler exists in this server: Centrifuge closes with 3508.
+            self.close(Disconnects.NOT_AVAILABLE)
+            return
+        connected = self.state is State.CONNECTED
+        if (cmd.method == "connect") == connected:
+            detail = "client already authenticated" if connected else f"expected connect, got {cmd.method}"
+            self._protocol_violation(ProtocolError(detail))
+            return
+        handler = self.handlers.get(cmd.method)
+        try:
+            if handler is None:
+                raise ReplyError(ErrorCode.NOT_AVAILABLE, f"{cmd.method} is not available")
+            result = await handler(self, request_object(cmd.method, cmd.params))
+        except ReplyError as exc:
+            log.debug("client %s: %s error %d: %s", self.client_id, cmd.method, exc.code, exc)
+            self.enqueue(encode_error(cmd.id, exc))
+            return
+        except ProtocolError as exc:
+            self._protocol_violation(exc)
+            return
+        except Exception:
+            log.exception("client %s: %s failed", self.client_id, cmd.method)
+            self.enqueue(encode_error(cmd.id, ReplyError(ErrorCode.INTERNAL)))
+            return
+        finally:
+            deferred, self._deferred = self._deferred, []
+        if self.state is State.CLOSED:
+            return
+        self.enqueue(encode_reply(cmd.id, cmd.method, result))
+        for step in deferred:
+            await step()
+
+    def after_reply(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` once the current command's successful reply is queued (e.g. go live, send a join)."""
+        self._deferred.append(step)
+
+    def _protocol_violation(self, exc: ProtocolError) -> None:
+        log.info("client %s: protocol violation: %s", self.client_id, exc)
+        self.close(exc.disconnect)
+
+    # --- connection lifecycle ----------------------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> None:
+        """Set user, info and expiry from a connection token, or anonymously when allowed."""
+        if not token:
+            if not self.config.client.allow_anonymous_connect_without_token:
+                raise ProtocolError("client credentials not found")
+            return
+        try:
+            claims = self.verifier.verify_connection(token)
+        except TokenExpired:
+            raise ReplyError(ErrorCode.TOKEN_EXPIRED) from None
+        except TokenInvalid as exc:
+            raise ProtocolError(str(exc), Disconnects.INVALID_TOKEN) from None
+        self.user, self.conn_info = claims.user, claims.info
+        self.set_expiry(claims.expire_at)
+
+    def set_expiry(self, expire_at: int) -> None:
+        self.expire_at = expire_at
+        self._cancel_timer("expire")
+        if expire_at:
+            delay = max(0.0, expire_at - time.time()) + REFRESH_GRACE
+            self._set_timer("expire", delay, lambda: self.close(Disconnects.EXPIRED))
+
+    def ttl(self) -> int:
+        return max(0, int(self.expire_at - time.time())) if self.expire_at else 0
+
+    def mark_connected(self) -> None:
+        self.state = State.CONNECTED
+        self._cancel_timer("stale")
+        self.node.hub.add_session(self)
+        interval = self.config.client.ping_interval
+        self._set_timer("ping", random.uniform(interval / 2, interval), self._send_ping)
+
+    def connect_result(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "client": self.client_id,
+            "version": f"gust {__version__}",
+            "ping": max(1, int(self.config.client.ping_interval)),
+            "pong": True,
+        }
+        if self.expire_at:
+            result["expires"] = True
+            result["ttl"] = self.ttl()
+        return result
+
+    @property
+    def info(self) -> ClientInfo:
+        return ClientInfo(self.user, self.client_id, self.conn_info)
+
+    def _on_stale(self) -> None:
+        if self.state is State.CONNECTING:
+            log.info("client %s: no connect within %.0fs", self.client_id, self.config.client.stale_close_delay)
+            self.close(Disconnects.STALE)
+
+    def _send_ping(self) -> None:
+        if self.state is not State.CONNECTED:
+            return
+        self.enqueue(PING_FRAME)
+        if self._pong_due is None:
+            self._pong_due = self._loop.call_later(self.config.client.pong_timeout, self._on_no_pong)
+        self._set_timer("ping", self.config.client.ping_interval, self._send_ping)
+
+    def _on_pong(self) -> None:
+        if self._pong_due is None:
+            self._protocol_violation(ProtocolError("unexpected pong"))
+            return
+        self._pong_due.cancel()
+        self._pong_due = None
+
+    def _on_no_pong(self) -> None:
+        self._pong_due = None
+        log.info("client %s: no pong within %.1fs", self.client_id, self.config.client.pong_timeout)
+        self.close(Disconnects.NO_PONG)
+
+    def _set_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer(name)
+        self._timers[name] = self._loop.call_later(delay, callback)
+
+    def _cancel_timer(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def close(self, disconnect: Disconnect) -> None:
+        """Flush what is queued, close the transport with `disconnect`, release everything. Idempotent."""
+        if self.state is State.CLOSED:
+            return
+        self._flush()
+        self.close_code = disconnect.code
+        self.transport.close(disconnect.code, disconnect.reason)
+        self._release()
+
+    def on_transport_closed(self) -> None:
+        """The peer went away (or the transport failed)."""
+        if self.state is not State.CLOSED:
+            self._release()
+
+    def _release(self) -> None:
+        was_connected = self.state is State.CONNECTED
+        self.state = State.CLOSED
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        if self._pong_due is not None:
+            self._pong_due.cancel()
+            self._pong_due = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._out.clear()
+        self._out_bytes = 0
+        if was_connected:
+            self.node.hub.remove_session(self)
+        subs, self.subs = list(self.subs.values()), {}
+        if subs:
+            self.spawn(self._leave_all(subs))
+
+    async def _leave_all(self, subs: list[Subscription]) -> None:
+        for sub in subs:
+            await self.leave_channel(sub)
+
+    async def leave_channel(self, sub: Subscription, announce: bool = True) -> None:
+        """Undo a subscription: hub entry, presence, then a leave event. Errors are logged, not raised."""
+        try:
+            await self.node.unsubscribe(self, sub.channel)
+            if sub.presence:
+                await self.node.remove_presence(sub.channel, self.client_id)
+            if announce and sub.join_leave and sub.info is not None:
+                await self.node.leave(sub.channel, sub.info)
+        except Exception:
+            log.exception("client %s: cleanup of %s failed", self.client_id, sub.channel)
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- outbound ----------------------------------------------------------------------------------------------
+
+    def enqueue(self, frame: bytes) -> None:
+        """Queue one reply or push; everything queued in one IOLoop turn goes out as one frame."""
+        if self.state is State.CLOSED:
+            return
+        self._out.append(frame)
+        self._out_bytes += len(frame) + 1
+        if self._out_bytes + self.transport.pending_bytes() > self.config.client.queue_max_size:
+            log.info("client %s: outgoing queue over %d bytes", self.client_id, self.config.client.queue_max_size)
+            self._out.clear()
+            self._out_bytes = 0
+            self.close(Disconnects.SLOW)
+            return
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"\n".join(self._out)
+        self._out.clear()
+        self._out_bytes = 0
+        self.transport.write(data)
+
+    # --- deliveries from the hub (synchronous, never await) --------------------------------------------------
+
+    def deliver_publication(self, channel: str, pub: Publication, frame: bytes) -> None:
+        sub = self.subs.get(channel)
+        if sub is None:
+            return
+        if sub.state is SubState.SUBSCRIBING:
+            sub.buffer.append(pub)
+            return
+        if sub.positioned and pub.offset:
+            if pub.offset <= sub.offset:
+                return
+            if pub.offset != sub.offset + 1:
+                self.insufficient_state(sub)
+                return
+            sub.offset = pub.offset
+        self.enqueue(frame)
+
+    def deliver_join_leave(self, channel: str, frame: bytes) -> None:
+        sub = self.subs.get(channel)
+        if sub is not None and sub.push_join_leave and sub.state is SubState.LIVE:
+            self.enqueue(frame)
+
+    def send_buffered(self, sub: Subscription) -> None:
+        """Go live: push what arrived during subscribe, through the same position checks as live traffic."""
+        sub.state = SubState.LIVE
+        pubs, sub.buffer = sub.buffer, []
+        for pub in pubs:
+            self.deliver_publication(sub.channel, pub, encode_pub_push(sub.channel, pub))
+
+    def insufficient_state(self, sub: Subscription) -> None:
+        """A gap in a positioned stream: unsubscribe with 2500 so the SDK resubscribes and recovers."""
+        log.info("client %s: insufficient state in %s", self.client_id, sub.channel)
+        if self.subs.pop(sub.channel, None) is None:
+            return
+        code, reason = UNSUBSCRIBE_INSUFFICIENT_STATE
+        self.enqueue(encode_unsubscribe_push(sub.channel, code, reason))
+        self.spawn(self.leave_channel(sub))
+
+
+def channel_param(params: dict[str, Any]) -> str:
+    """The `channel` of a request; an empty channel is a protocol violation (Centrifuge closes with 3501)."""
+    channel = get_str(params, "channel")
+    if not channel:
+        raise ProtocolError("channel required")
+    return channel
