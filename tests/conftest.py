@@ -1,0 +1,71 @@
+"""Shared fixtures: a real Gust server on a free loopback port (pytest-tornado), and a small raw client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import tornado.ioloop
+import tornado.web
+
+from server.app import Gust
+from server.config import DEVELOPMENT_PRESET, Config, deep_merge, from_dict
+
+from .wsclient import RawClient
+
+SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+
+
+def make_config(overrides: dict[str, Any] | None = None) -> Config:
+    """The development preset plus a token key, with test overrides merged in."""
+    base = deep_merge(DEVELOPMENT_PRESET, {"client": {"token": {"hmac_secret_key": SECRET}}})
+    return from_dict(deep_merge(base, overrides or {}))
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    """Override in a test module (or with @pytest.mark.parametrize) to change the server's config."""
+    return {}
+
+
+@pytest.fixture
+def config(config_overrides: dict[str, Any]) -> Config:
+    return make_config(config_overrides)
+
+
+@pytest.fixture
+def gust(io_loop: tornado.ioloop.IOLoop, config: Config) -> Iterator[Gust]:
+    server = Gust(config)
+    io_loop.run_sync(server.start)
+    yield server
+    io_loop.run_sync(server.close)
+
+
+@pytest.fixture
+def app(gust: Gust) -> tornado.web.Application:
+    return gust.make_app()
+
+
+@pytest.fixture
+def ws_url(http_server: Any, http_port: int) -> str:
+    return f"ws://127.0.0.1:{http_port}/connection/websocket"
+
+
+@pytest.fixture
+def base_url(http_server: Any, http_port: int) -> str:
+    return f"http://127.0.0.1:{http_port}"
+
+
+@pytest.fixture
+def client_factory(ws_url: str) -> Iterator[Any]:
+    clients: list[RawClient] = []
+
+    async def connect(**kwargs: Any) -> RawClient:
+        client = await RawClient.open(ws_url, **kwargs)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
