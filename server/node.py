@@ -39,6 +39,8 @@ class Node:
     async def close(self) -> None:
         if self._maintenance is not None:
             self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
             self._maintenance = None
         await self.engine.close()
 

@@ -28,7 +28,7 @@ def test_durations_accept_centrifugo_strings(text: object, seconds: float) -> No
 
 @pytest.mark.parametrize("text", ["25", "s", "10 parsecs", "-1s", True, None, "1h x"])
 def test_bad_durations_name_the_key(text: object) -> None:
-    with pytest.raises(ConfigError, match="client.ping_interval"):
+    with pytest.raises(ConfigError, match=r"client\.ping_interval"):
         parse_duration(text, "client.ping_interval")
 
 
@@ -117,7 +117,7 @@ def test_invalid_config_names_the_key(tmp_path: Path, data: dict[str, object], k
 
 
 def test_env_with_wrong_type_names_the_key() -> None:
-    with pytest.raises(ConfigError, match="http_server.port"):
+    with pytest.raises(ConfigError, match=r"http_server\.port"):
         load_config(None, {"GUST_HTTP_SERVER_PORT": "eighty"}, {})
 
 

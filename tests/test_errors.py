@@ -52,7 +52,7 @@ CLOSE_CASES: list[tuple[str, list[str], int]] = [
     ("stray pong", ['{"id":1,"connect":{}}', "{}"], 3501),
     ("invalid token", ['{"id":1,"connect":{"token":"not.a.jwt"}}'], 3500),
     ("token signed with another key", [
-        '{"id":1,"connect":{"token":"%s"}}' % jwt.encode({"sub": "x"}, "other-key-other-key-other-key-32", "HS256")
+        '{"id":1,"connect":{"token":"' + jwt.encode({"sub": "x"}, "other-key-other-key-other-key-32", "HS256") + '"}}'
     ], 3500),
     ("send without handler", ['{"id":1,"connect":{}}', '{"send":{"data":{}}}'], 3508),
     ("subscribe with empty channel", ['{"id":1,"connect":{}}', '{"id":2,"subscribe":{"channel":""}}'], 3501),
