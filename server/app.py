@@ -45,9 +45,11 @@ class Gust:
 
     async def close(self) -> None:
         """Close every client with 3001 "shutdown" (SDKs reconnect), then stop the engine."""
-        for sub in list(self.node.hub.all_sessions()):
-            if isinstance(sub, ClientSession):
-                sub.close(Disconnects.SHUTDOWN)
+        sessions = [s for s in self.node.hub.all_sessions() if isinstance(s, ClientSession)]
+        for session in sessions:
+            session.close(Disconnects.SHUTDOWN)
+        for session in sessions:
+            await session.wait_released()
         await self.node.close()
 
     def routes(self, prefix: str = "") -> list[tornado.routing.Rule]:

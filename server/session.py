@@ -318,6 +318,11 @@ class ClientSession:
         except Exception:
             log.exception("client %s: cleanup of %s failed", self.client_id, sub.channel)
 
+    async def wait_released(self) -> None:
+        """Wait for the cleanup tasks a close started (unsubscribe, presence removal, leave events)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
