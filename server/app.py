@@ -16,6 +16,7 @@ import tornado.httpserver
 import tornado.routing
 import tornado.web
 
+from .api import ApiHandler
 from .auth import TokenVerifier
 from .config import Config
 from .engines import create_engine
@@ -56,6 +57,7 @@ class Gust:
         ws_kwargs: dict[str, Any] = {"node": self.node, "verifier": self.verifier, "handlers": HANDLERS}
         return [
             tornado.web.url(prefix + r"/connection/websocket", WebSocketHandler, ws_kwargs),
+            tornado.web.url(prefix + r"/api/([a-z_]+)", ApiHandler, {"node": self.node}),
             tornado.web.url(prefix + r"/health", HealthHandler),
             tornado.web.url(prefix + r"/", IndexHandler, {"node": self.node}),
         ]

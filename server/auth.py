@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,10 @@ class TokenVerifier:
     def __init__(self, config: TokenConfig) -> None:
         self._config = config
 
+    def decode(self, token: str) -> dict[str, Any]:
+        """Verify signature and expiry; return the raw claims."""
+        return self._decode(token)
+
     def _decode(self, token: str) -> dict[str, Any]:
         if not self._config.hmac_secret_key:
             raise TokenInvalid("no token key configured (client.token.hmac_secret_key)")
@@ -115,3 +120,13 @@ class TokenVerifier:
         if not isinstance(user, str) or not isinstance(client, str):
             raise TokenInvalid("sub and client must be strings")
         return SubscriptionClaims(user, channel, client, _expire_at(payload), _info(payload))
+
+
+def make_connection_token(secret: str, user: str, ttl: int = 0, info: Any = None, now: float | None = None) -> str:
+    """An HS256 connection token for `user`, expiring after `ttl` seconds (0 = never)."""
+    claims: dict[str, Any] = {"sub": user}
+    if ttl > 0:
+        claims["exp"] = int((now if now is not None else time.time()) + ttl)
+    if info is not None:
+        claims["info"] = info
+    return jwt.encode(claims, secret, algorithm="HS256")

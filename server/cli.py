@@ -1,21 +1,46 @@
-"""The command line: `python -m server [serve] [--config FILE] [--port N] [--address A]`, `version`.
+"""The command line: `python -m server [serve|genconfig|checkconfig|gentoken|checktoken|version]`.
 
-Owns: argument parsing and turning flags into config overrides. May import: app, config.
+Exit codes: 0 ok; 1 the command failed (token invalid, cannot listen, file exists); 2 bad usage or config.
+Every failure prints one line on stderr. May import: app, config, auth.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import json
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .auth import TokenError, TokenExpired, TokenVerifier, make_connection_token
 from .config import Config, ConfigError, load_config
+
+STARTER_NAMESPACE: dict[str, Any] = {
+    "name": "chat", "presence": True, "join_leave": True, "force_push_join_leave": True,
+    "history_size": 100, "history_ttl": "24h", "force_recovery": True,
+    "allow_subscribe_for_client": True, "allow_publish_for_subscriber": True,
+    "allow_history_for_subscriber": True, "allow_presence_for_subscriber": True,
+}
+
+
+class CommandError(Exception):
+    """A one-line failure for stderr, with its exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=None,
+                   help="JSON or TOML config file (default: $GUST_CONFIG, else the development setup)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,25 +48,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the server (the default command)")
     for p in (parser, serve):
-        p.add_argument("--config", "-c", type=Path, default=None,
-                       help="JSON or TOML config file (default: $GUST_CONFIG, else a development setup)")
+        _config_options(p)
         p.add_argument("--port", type=int, default=None, help="http_server.port")
         p.add_argument("--address", default=None, help="http_server.address")
         p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    gen = sub.add_parser("genconfig", help="write a starter config with fresh random secrets")
+    gen.add_argument("--config", "-c", type=Path, default=Path("config.json"), help="where (default config.json)")
+    gen.add_argument("--force", action="store_true", help="overwrite an existing file")
+    check = sub.add_parser("checkconfig", help="validate a config and explain errors by key")
+    _config_options(check)
+    token = sub.add_parser("gentoken", help="print an HS256 connection token from the configured secret")
+    _config_options(token)
+    token.add_argument("-u", "--user", required=True, help="the token's sub (user id)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until expiry (0 = never; default 3600)")
+    token.add_argument("--info", default=None, help="connection info as JSON")
+    verify = sub.add_parser("checktoken", help="verify a connection token and print its claims")
+    _config_options(verify)
+    verify.add_argument("token")
     sub.add_parser("version", help="print the version")
     return parser
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    http: dict[str, Any] = {}
-    if args.port is not None:
-        http["port"] = args.port
-    if args.address is not None:
-        http["address"] = args.address
+    http = {k: v for k, v in (("port", getattr(args, "port", None)), ("address", getattr(args, "address", None)))
+            if v is not None}
     if http:
         out["http_server"] = http
-    if args.log_level is not None:
+    if getattr(args, "log_level", None) is not None:
         out["log_level"] = args.log_level
     return out
 
@@ -50,26 +84,71 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Confi
     path = args.config
     if path is None and environ.get("GUST_CONFIG"):
         path = Path(environ["GUST_CONFIG"])
-    return load_config(path, environ, flag_overrides(args))
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "version":
-        print(f"gust {__version__}")
-        return 0
     try:
-        config = config_from_args(args, dict(os.environ))
+        return load_config(path, environ, flag_overrides(args))
     except ConfigError as exc:
-        print(f"gust: config error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(f"config error: {exc}", 2) from None
+
+
+def cmd_genconfig(args: argparse.Namespace) -> None:
+    path: Path = args.config
+    if path.exists() and not args.force:
+        raise CommandError(f"{path} exists; use --force to overwrite it")
+    starter = {
+        "http_server": {"address": "127.0.0.1", "port": 8000},
+        "client": {"token": {"hmac_secret_key": secrets.token_urlsafe(32)}, "allowed_origins": []},
+        "http_api": {"key": secrets.token_urlsafe(32)},
+        "channel": {"namespaces": [STARTER_NAMESPACE]},
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(starter, f, indent=2)
+        f.write("\n")
+    print(f"wrote {path} (secrets inside: keep it private)")
+
+
+def cmd_checkconfig(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    config = config_from_args(args, environ)
+    source = args.config or environ.get("GUST_CONFIG") or "no file: the development setup"
+    print(f"config ok ({source}): {len(config.channel.namespaces)} namespace(s), engine {config.engine.type}, "
+          f"listening on {config.http_server.address}:{config.http_server.port}")
+
+
+def cmd_gentoken(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    config = config_from_args(args, environ)
+    secret = config.client.token.hmac_secret_key
+    if not secret:
+        raise CommandError("client.token.hmac_secret_key is not set in the config", 2)
+    info = None
+    if args.info is not None:
+        try:
+            info = json.loads(args.info)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--info is not valid JSON: {exc}", 2) from None
+    if args.ttl < 0:
+        raise CommandError("--ttl must not be negative", 2)
+    print(make_connection_token(secret, args.user, args.ttl, info))
+
+
+def cmd_checktoken(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    config = config_from_args(args, environ)
+    verifier = TokenVerifier(config.client.token)
+    try:
+        claims = verifier.decode(args.token)
+        verifier.verify_connection(args.token)
+    except TokenExpired:
+        raise CommandError("token expired") from None
+    except TokenError as exc:
+        raise CommandError(f"token invalid: {exc}") from None
+    user = claims.get("sub", "") or "(anonymous)"
+    exp = claims.get("exp")
+    expires = datetime.datetime.fromtimestamp(exp, datetime.UTC).isoformat() if exp else "never"
+    print(f"token valid: user {user}, expires {expires}")
+    print(json.dumps(claims, indent=2, sort_keys=True))
+
+
+def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    config = config_from_args(args, environ)
     configure_logging(config.log_level)
     if config.development:
         logging.getLogger("gust").warning(
@@ -79,7 +158,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(serve(config))
     except OSError as exc:
-        print(f"gust: cannot listen on {config.http_server.address}:{config.http_server.port}: {exc.strerror}",
-              file=sys.stderr)
-        return 1
+        where = f"{config.http_server.address}:{config.http_server.port}"
+        raise CommandError(f"cannot listen on {where}: {exc.strerror}") from None
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        match args.command:
+            case "version":
+                print(f"gust {__version__}")
+            case "genconfig":
+                cmd_genconfig(args)
+            case "checkconfig":
+                cmd_checkconfig(args, environ)
+            case "gentoken":
+                cmd_gentoken(args, environ)
+            case "checktoken":
+                cmd_checktoken(args, environ)
+            case _:
+                cmd_serve(args, environ)
+    except CommandError as exc:
+        print(f"gust: {exc}", file=sys.stderr)
+        return exc.code
     return 0

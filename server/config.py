@@ -140,6 +140,7 @@ class HttpServerConfig:
 class HttpApiConfig:
     key: str = ""
     insecure: bool = False
+    max_body_size: int = 1048576
 
 
 @dataclass(frozen=True)
@@ -355,6 +356,8 @@ def validate(config: Config) -> None:
         raise ConfigError("client.ping_interval", "ping_interval and pong_timeout must be positive")
     if c.pong_timeout >= c.ping_interval:
         raise ConfigError("client.pong_timeout", "must be shorter than client.ping_interval")
+    if config.http_api.max_body_size <= 0:
+        raise ConfigError("http_api.max_body_size", "must be positive")
     for name in ("channel_limit", "queue_max_size", "history_max_publication_limit",
                  "recovery_max_publication_limit"):
         if getattr(c, name) <= 0:

@@ -18,6 +18,7 @@ from .protocol import (
     ErrorCode,
     ProtocolError,
     ReplyError,
+    encode_subscribe_push,
     get_bool,
     get_data,
     get_int,
@@ -26,7 +27,7 @@ from .protocol import (
     info_dict,
     publication_dict,
 )
-from .session import ClientSession, Handler, Subscription, channel_param
+from .session import ClientSession, Handler, State, Subscription, channel_param
 
 Result = dict[str, Any]
 
@@ -95,39 +96,53 @@ async def handle_subscribe(s: ClientSession, params: Result) -> Result:
         raise ReplyError(ErrorCode.LIMIT_EXCEEDED, "channel limit reached")
     opts = s.node.resolve(channel)
     chan_info = _check_subscribe_permission(s, opts, channel, get_str(params, "token"))
-    sub = Subscription(channel)
-    sub.recoverable = opts.force_recovery or (opts.allow_recovery and get_bool(params, "recoverable"))
-    sub.positioned = sub.recoverable or opts.force_positioning or (
-        opts.allow_positioning and get_bool(params, "positioned"))
-    sub.join_leave = opts.join_leave
-    sub.push_join_leave = opts.join_leave and (
-        opts.force_push_join_leave or (get_bool(params, "join_leave") and _may_read_presence(s, opts, channel)))
-    sub.presence = opts.presence
-    sub.info = ClientInfo(s.user, s.client_id, s.conn_info, chan_info)
-    recover = get_bool(params, "recover") and sub.recoverable
+    recoverable = opts.force_recovery or (opts.allow_recovery and get_bool(params, "recoverable"))
+    positioned = opts.force_positioning or (opts.allow_positioning and get_bool(params, "positioned"))
+    join_leave = get_bool(params, "join_leave") and _may_read_presence(s, opts, channel)
+    sub = new_subscription(s, channel, opts, chan_info, recoverable, positioned, join_leave)
     requested = StreamPosition(get_int(params, "offset"), get_str(params, "epoch"))
     if requested.offset < 0:
         raise ReplyError(ErrorCode.BAD_REQUEST, "offset: expected a non-negative integer")
-    s.subs[channel] = sub  # from here on, live publications are buffered in `sub`
+    result = await establish(s, sub, get_bool(params, "recover") and sub.recoverable, requested)
+    s.after_reply(lambda: go_live(s, sub))
+    return result
+
+
+def new_subscription(
+    s: ClientSession, channel: str, opts: ChannelOptions, chan_info: bytes | None,
+    recoverable: bool, positioned: bool, asked_join_leave: bool,
+) -> Subscription:
+    sub = Subscription(channel)
+    sub.recoverable = recoverable
+    sub.positioned = recoverable or positioned
+    sub.join_leave = opts.join_leave
+    sub.push_join_leave = opts.join_leave and (opts.force_push_join_leave or asked_join_leave)
+    sub.presence = opts.presence
+    sub.info = ClientInfo(s.user, s.client_id, s.conn_info, chan_info)
+    return sub
+
+
+async def establish(s: ClientSession, sub: Subscription, recover: bool, requested: StreamPosition) -> Result:
+    """Register `sub` (buffering from now on), add presence, read the stream position (and the missed
+    publications when recovering). Undone in reverse order on any failure."""
+    s.subs[sub.channel] = sub
     try:
-        await s.node.subscribe(s, channel)
-        if sub.presence:
-            await s.node.add_presence(channel, sub.info)
+        await s.node.subscribe(s, sub.channel)
+        if sub.presence and sub.info is not None:
+            await s.node.add_presence(sub.channel, sub.info)
         return await _subscribe_result(s, sub, recover, requested)
     except BaseException:
-        if s.subs.get(channel) is sub:
-            del s.subs[channel]
+        if s.subs.get(sub.channel) is sub:
+            del s.subs[sub.channel]
         await s.leave_channel(sub, announce=False)
         raise
 
 
 async def _subscribe_result(s: ClientSession, sub: Subscription, recover: bool, requested: StreamPosition) -> Result:
-    """Read the stream position (and the missed publications when recovering), then go live after the reply."""
     result: Result = {
         "recoverable": sub.recoverable, "positioned": sub.positioned, "epoch": "", "offset": 0,
         "recovered": False, "was_recovering": recover, "publications": [],
     }
-    s.after_reply(lambda: _go_live(s, sub))
     if not sub.positioned:
         return result
     limit = s.config.client.recovery_max_publication_limit
@@ -147,7 +162,22 @@ async def _subscribe_result(s: ClientSession, sub: Subscription, recover: bool, 
     return result
 
 
-async def _go_live(s: ClientSession, sub: Subscription) -> None:
+async def server_subscribe(s: ClientSession, channel: str, chan_info: bytes | None = None) -> bool:
+    """A subscription made by the server (HTTP API): the client learns of it from a `subscribe` push.
+    False when the connection is already subscribed or closed."""
+    if channel in s.subs or s.state is not State.CONNECTED:
+        return False
+    opts = s.node.resolve(channel)
+    sub = new_subscription(s, channel, opts, chan_info, opts.force_recovery, opts.force_positioning, False)
+    sub.server_side = True
+    result = await establish(s, sub, False, StreamPosition())
+    push = {k: result[k] for k in ("recoverable", "epoch", "offset", "positioned")}
+    s.enqueue(encode_subscribe_push(channel, push))
+    await go_live(s, sub)
+    return True
+
+
+async def go_live(s: ClientSession, sub: Subscription) -> None:
     """Deliver what arrived during subscribe (the position check drops what the reply already carried)."""
     if s.subs.get(sub.channel) is not sub:
         return

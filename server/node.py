@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ from .model import ClientInfo, PresenceStats, Publication, StreamPosition
 from .protocol import ErrorCode, ReplyError
 
 log = logging.getLogger("gust.node")
+IDEMPOTENCY_TTL = 300.0  # seconds, as Centrifugo
 
 
 class Node:
@@ -31,6 +34,9 @@ class Node:
         self._locks = ChannelLocks()
         self._presence_info: dict[tuple[str, str], ClientInfo] = {}
         self._maintenance: asyncio.Task[None] | None = None
+        self._idempotent: dict[tuple[str, str], tuple[StreamPosition, float]] = {}
+        self.uid = str(uuid.uuid4())
+        self.started_at = time.monotonic()
 
     async def start(self) -> None:
         await self.engine.start(self)
@@ -70,10 +76,20 @@ class Node:
         info: ClientInfo | None = None,
         tags: dict[str, str] | None = None,
         skip_history: bool = False,
+        idempotency_key: str = "",
     ) -> StreamPosition:
+        """Publish through the engine. A repeated `idempotency_key` on a channel within
+        IDEMPOTENCY_TTL returns the first publication's position and publishes nothing."""
         opts = self.resolve(channel)
+        if idempotency_key:
+            seen = self._idempotent.get((channel, idempotency_key))
+            if seen is not None and seen[1] > time.monotonic():
+                return seen[0]
         history = HistoryOptions() if skip_history else self.history_options(opts)
-        return await self.engine.publish(channel, data, info, tags or {}, history)
+        position = await self.engine.publish(channel, data, info, tags or {}, history)
+        if idempotency_key:
+            self._idempotent[(channel, idempotency_key)] = (position, time.monotonic() + IDEMPOTENCY_TTL)
+        return position
 
     async def subscribe(self, sub: Subscriber, channel: str) -> None:
         """Add `sub` to the hub; the engine hears of the channel's first local subscriber."""
@@ -127,6 +143,13 @@ class Node:
         self._presence_info[(channel, info.client)] = info
         await self.engine.add_presence(channel, info.client, info, self.config.client.presence_ttl)
 
+    async def remove_history(self, channel: str) -> None:
+        self.resolve(channel)
+        await self.engine.remove_history(channel)
+
+    def uptime(self) -> int:
+        return int(time.monotonic() - self.started_at)
+
     async def remove_presence(self, channel: str, client_id: str) -> None:
         self._presence_info.pop((channel, client_id), None)
         await self.engine.remove_presence(channel, client_id)
@@ -146,6 +169,9 @@ class Node:
             try:
                 await self.refresh_presence()
                 await self.engine.maintain()
+                now = time.monotonic()
+                for key in [k for k, (_, exp) in self._idempotent.items() if exp <= now]:
+                    del self._idempotent[key]
             except Exception:
                 log.exception("periodic maintenance failed")
 

@@ -276,3 +276,25 @@ def get_data(params: dict[str, Any], key: str = "data") -> bytes:
     if params.get(key) is None:
         raise ReplyError(ErrorCode.BAD_REQUEST, f"{key} required")
     return orjson.dumps(params[key])
+
+
+def get_list(params: dict[str, Any], key: str) -> list[Any]:
+    value = params.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ReplyError(ErrorCode.BAD_REQUEST, f"{key}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def get_str_dict(params: dict[str, Any], key: str) -> dict[str, str]:
+    value = params.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ReplyError(ErrorCode.BAD_REQUEST, f"{key}: expected an object of strings")
+    return value
+
+
+def encode_subscribe_push(channel: str, body: dict[str, Any]) -> bytes:
+    return encode_push(channel, "subscribe", body)

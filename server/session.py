@@ -44,6 +44,7 @@ from .protocol import (
 log = logging.getLogger("gust.session")
 REFRESH_GRACE = 25.0  # seconds a connection may stay after its token expired, waiting for `refresh`
 UNSUBSCRIBE_INSUFFICIENT_STATE = (2500, "insufficient state")
+UNSUBSCRIBE_SERVER = (2000, "server unsubscribe")
 
 
 class Transport(Protocol):
@@ -81,6 +82,7 @@ class Subscription:
         "presence",
         "push_join_leave",
         "recoverable",
+        "server_side",
         "state",
     )
 
@@ -96,6 +98,7 @@ class Subscription:
         self.offset = 0
         self.epoch = ""
         self.info: ClientInfo | None = None
+        self.server_side = False
 
 
 Handler = Callable[["ClientSession", dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -383,6 +386,16 @@ class ClientSession:
         pubs, sub.buffer = sub.buffer, []
         for pub in pubs:
             self.deliver_publication(sub.channel, pub, encode_pub_push(sub.channel, pub))
+
+    def server_unsubscribe(self, channel: str) -> bool:
+        """Unsubscribe by the server (HTTP API): push code 2000 "server unsubscribe"."""
+        sub = self.subs.pop(channel, None)
+        if sub is None:
+            return False
+        code, reason = UNSUBSCRIBE_SERVER
+        self.enqueue(encode_unsubscribe_push(channel, code, reason))
+        self.spawn(self.leave_channel(sub))
+        return True
 
     def insufficient_state(self, sub: Subscription) -> None:
         """A gap in a positioned stream: unsubscribe with 2500 so the SDK resubscribes and recovers."""
