@@ -55,18 +55,22 @@ class ApiHandler(tornado.web.RequestHandler):
         if self.request.method != "POST":
             return
         if not self._authorized():
-            self.set_status(401)
-            self.finish()
+            self._reject_early(401)
             return
         limit = self.config.max_body_size
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
-            self.set_status(413)
-            self.finish()
+            self._reject_early(413)
             return
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.set_max_body_size(limit)  # a chunked body over the limit is cut off by Tornado
+
+    def _reject_early(self, status: int) -> None:
+        """Answer before the body is read: Tornado then drops the connection, so say so (keep-alive clients)."""
+        self.set_status(status)
+        self.set_header("Connection", "close")
+        self.finish()
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)

@@ -101,8 +101,9 @@ async def subscribe(node: Node, params: Result) -> Result:
     channel = _required_str(params, "channel")
     node.resolve(channel)
     chan_info = _json_field(params, "info")
+    data = _json_field(params, "data")
     for session in _sessions(node, params):
-        await server_subscribe(session, channel, chan_info)
+        await server_subscribe(session, channel, chan_info, data)
     return {}
 
 

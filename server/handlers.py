@@ -26,6 +26,7 @@ from .protocol import (
     get_str,
     info_dict,
     publication_dict,
+    raw,
 )
 from .session import ClientSession, Handler, State, Subscription, channel_param
 
@@ -162,7 +163,9 @@ async def _subscribe_result(s: ClientSession, sub: Subscription, recover: bool, 
     return result
 
 
-async def server_subscribe(s: ClientSession, channel: str, chan_info: bytes | None = None) -> bool:
+async def server_subscribe(
+    s: ClientSession, channel: str, chan_info: bytes | None = None, data: bytes | None = None
+) -> bool:
     """A subscription made by the server (HTTP API): the client learns of it from a `subscribe` push.
     False when the connection is already subscribed or closed."""
     if channel in s.subs or s.state is not State.CONNECTED:
@@ -172,6 +175,8 @@ async def server_subscribe(s: ClientSession, channel: str, chan_info: bytes | No
     sub.server_side = True
     result = await establish(s, sub, False, StreamPosition())
     push = {k: result[k] for k in ("recoverable", "epoch", "offset", "positioned")}
+    if data is not None:
+        push["data"] = raw(data)
     s.enqueue(encode_subscribe_push(channel, push))
     await go_live(s, sub)
     return True
