@@ -209,3 +209,34 @@ async def test_channel_regex_mismatch_is_107(client_factory, config_overrides) -
     assert await _subscribe(client, "room:lobby")
     reply = await client.command("subscribe", {"channel": "room:Lobby1"})
     assert reply["error"]["code"] == 107
+
+
+# --- origins ------------------------------------------------------------------------------------------------
+
+
+async def _upgrade_status(ws_url: str, origin: str | None) -> int:
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    headers = {"Origin": origin} if origin else {}
+    try:
+        conn = await websocket_connect(HTTPRequest(ws_url, headers=headers))
+    except HTTPClientError as exc:
+        return exc.code
+    conn.close()
+    return 101
+
+
+@pytest.mark.gen_test
+async def test_origin_defaults_to_same_host(ws_url: str, http_port: int) -> None:
+    assert await _upgrade_status(ws_url, None) == 101
+    assert await _upgrade_status(ws_url, f"http://127.0.0.1:{http_port}") == 101
+    assert await _upgrade_status(ws_url, "https://evil.example") == 403
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("config_overrides", [{"client": {"allowed_origins": ["https://*.example.com"]}}])
+async def test_allowed_origins_are_glob_patterns(ws_url: str, config_overrides) -> None:
+    assert await _upgrade_status(ws_url, "https://chat.example.com") == 101
+    assert await _upgrade_status(ws_url, "https://example.org") == 403
+    assert await _upgrade_status(ws_url, None) == 101
