@@ -161,8 +161,6 @@ async def history(node: Node, params: Result) -> Result:
     channel = _required_str(params, "channel")
     since = get_position(params, "since")
     reverse = get_bool(params, "reverse")
-    if reverse and since is not None and since.offset == 0:
-        raise ReplyError(ErrorCode.BAD_REQUEST, "reverse history needs since.offset > 0")
     pubs, top = await node.history(channel, since, get_int(params, "limit"), reverse)
     return {"publications": [publication_dict(p) for p in pubs], "epoch": top.epoch, "offset": top.offset}
 
@@ -188,7 +186,7 @@ async def info(node: Node, params: Result) -> Result:
         "version": __version__,
         "num_clients": hub.num_clients,
         "num_users": hub.num_users,
-        "num_channels": len(hub.channels()),
+        "num_channels": hub.num_channels,
         "num_subs": hub.num_subscriptions,
         "uptime": node.uptime(),
     }]}

@@ -83,9 +83,6 @@ class TokenVerifier:
 
     def decode(self, token: str) -> dict[str, Any]:
         """Verify signature and expiry; return the raw claims."""
-        return self._decode(token)
-
-    def _decode(self, token: str) -> dict[str, Any]:
         if not self._config.hmac_secret_key:
             raise TokenInvalid("no token key configured (client.token.hmac_secret_key)")
         try:
@@ -104,7 +101,7 @@ class TokenVerifier:
         return payload
 
     def verify_connection(self, token: str) -> Claims:
-        payload = self._decode(token)
+        payload = self.decode(token)
         user = payload.get("sub", "")
         if not isinstance(user, str):
             raise TokenInvalid("sub must be a string")
@@ -113,7 +110,7 @@ class TokenVerifier:
         return Claims(user=user, expire_at=_expire_at(payload), info=_info(payload))
 
     def verify_subscription(self, token: str) -> SubscriptionClaims:
-        payload = self._decode(token)
+        payload = self.decode(token)
         user, channel, client = payload.get("sub", ""), payload.get("channel"), payload.get("client", "")
         if not isinstance(channel, str) or not channel:
             raise TokenInvalid("a subscription token needs a channel claim")

@@ -28,7 +28,7 @@ from .protocol import (
     publication_dict,
     raw,
 )
-from .session import ClientSession, Handler, State, Subscription, channel_param
+from .session import SERVER_VERSION, ClientSession, Handler, State, Subscription, channel_param
 
 Result = dict[str, Any]
 
@@ -53,7 +53,7 @@ async def handle_refresh(s: ClientSession, params: Result) -> Result:
         raise ProtocolError("refresh token is for another user", Disconnects.INVALID_TOKEN)
     s.conn_info = claims.info if claims.info is not None else s.conn_info
     s.set_expiry(claims.expire_at)
-    result: Result = {"client": s.client_id, "version": s.connect_result()["version"]}
+    result: Result = {"client": s.client_id, "version": SERVER_VERSION}
     if s.expire_at:
         result.update(expires=True, ttl=s.ttl())
     return result
@@ -244,8 +244,6 @@ async def handle_history(s: ClientSession, params: Result) -> Result:
         limit = cap
     since = get_position(params, "since")
     reverse = get_bool(params, "reverse")
-    if reverse and since is not None and since.offset == 0:
-        raise ReplyError(ErrorCode.BAD_REQUEST, "reverse history needs since.offset > 0")
     pubs, top = await s.node.history(channel, since, limit, reverse)
     return {"publications": [publication_dict(p) for p in pubs], "epoch": top.epoch, "offset": top.offset}
 

@@ -92,6 +92,10 @@ class Hub:
         return {name: len(subs) for name, subs in self._channels.items()}
 
     @property
+    def num_channels(self) -> int:
+        return len(self._channels)
+
+    @property
     def num_subscriptions(self) -> int:
         return sum(len(subs) for subs in self._channels.values())
 

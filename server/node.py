@@ -109,8 +109,11 @@ class Node:
     async def history(
         self, channel: str, since: StreamPosition | None, limit: int, reverse: bool
     ) -> tuple[list[Publication], StreamPosition]:
-        """Stream history; error 108 when the channel keeps none, 112 when `since` is from another epoch."""
+        """Stream history; error 108 when the channel keeps none, 107 for a reverse read from offset 0,
+        112 when `since` is from another epoch."""
         opts = self.resolve(channel)
+        if reverse and since is not None and since.offset == 0:
+            raise ReplyError(ErrorCode.BAD_REQUEST, "reverse history needs since.offset > 0")
         if not opts.history_enabled:
             raise ReplyError(ErrorCode.NOT_AVAILABLE, "history is not enabled for this channel")
         pubs, top = await self.engine.history(channel, since, limit, reverse, self.config.channel.history_meta_ttl)
@@ -205,6 +208,3 @@ class ChannelLocks:
             entry.users -= 1
             if entry.users == 0:
                 del self._entries[channel]
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -42,6 +42,7 @@ from .protocol import (
 )
 
 log = logging.getLogger("gust.session")
+SERVER_VERSION = f"gust {__version__}"
 REFRESH_GRACE = 25.0  # seconds a connection may stay after its token expired, waiting for `refresh`
 UNSUBSCRIBE_INSUFFICIENT_STATE = (2500, "insufficient state")
 UNSUBSCRIBE_SERVER = (2000, "server unsubscribe")
@@ -226,7 +227,7 @@ class ClientSession:
     def connect_result(self) -> dict[str, Any]:
         result: dict[str, Any] = {
             "client": self.client_id,
-            "version": f"gust {__version__}",
+            "version": SERVER_VERSION,
             "ping": max(1, int(self.config.client.ping_interval)),
             "pong": True,
         }
