@@ -18,7 +18,6 @@ from typing import Any
 import orjson
 
 from . import __version__
-from .handlers import server_subscribe
 from .node import Node
 from .protocol import (
     Disconnect,
@@ -36,6 +35,7 @@ from .protocol import (
     request_object,
 )
 from .session import ClientSession
+from .subscriptions import server_subscribe
 
 Result = dict[str, Any]
 Method = Callable[[Node, Result], Awaitable[Result]]

@@ -17,7 +17,7 @@ import tornado.routing
 import tornado.web
 
 from .api import ApiHandler
-from .auth import TokenVerifier
+from .auth import build_verifiers
 from .config import Config
 from .engines import create_engine
 from .handlers import HANDLERS
@@ -39,7 +39,7 @@ class Gust:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node = Node(config, create_engine(config))
-        self.verifier = TokenVerifier(config.client.token)
+        self.verifier, self.sub_verifier = build_verifiers(config)
 
     async def start(self) -> None:
         await self.node.start()
@@ -54,7 +54,8 @@ class Gust:
         await self.node.close()
 
     def routes(self, prefix: str = "") -> list[tornado.routing.Rule]:
-        ws_kwargs: dict[str, Any] = {"node": self.node, "verifier": self.verifier, "handlers": HANDLERS}
+        ws_kwargs: dict[str, Any] = {
+            "node": self.node, "verifier": self.verifier, "sub_verifier": self.sub_verifier, "handlers": HANDLERS}
         return [
             tornado.web.url(prefix + r"/connection/websocket", WebSocketHandler, ws_kwargs),
             tornado.web.url(prefix + r"/api/([a-z_]+)", ApiHandler, {"node": self.node}),

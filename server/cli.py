@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .auth import TokenError, TokenExpired, TokenVerifier, make_connection_token
+from .auth import KeysUnavailable, TokenError, TokenExpired, TokenVerifier, build_verifiers, make_connection_token
 from .config import Config, ConfigError, load_config
 
 STARTER_NAMESPACE: dict[str, Any] = {
@@ -109,6 +109,10 @@ def cmd_genconfig(args: argparse.Namespace) -> None:
 
 def cmd_checkconfig(args: argparse.Namespace, environ: dict[str, str]) -> None:
     config = config_from_args(args, environ)
+    try:
+        build_verifiers(config)
+    except ConfigError as exc:
+        raise CommandError(f"config error: {exc}", 2) from None
     source = args.config or environ.get("GUST_CONFIG") or "no file: the development setup"
     print(f"config ok ({source}): {len(config.channel.namespaces)} namespace(s), engine {config.engine.type}, "
           f"listening on {config.http_server.address}:{config.http_server.port}")
@@ -132,14 +136,24 @@ def cmd_gentoken(args: argparse.Namespace, environ: dict[str, str]) -> None:
 
 def cmd_checktoken(args: argparse.Namespace, environ: dict[str, str]) -> None:
     config = config_from_args(args, environ)
-    verifier = TokenVerifier(config.client.token)
     try:
-        claims = verifier.decode(args.token)
-        verifier.verify_connection(args.token)
+        verifier = TokenVerifier(config.client.token)
+    except ConfigError as exc:
+        raise CommandError(f"config error: {exc}", 2) from None
+
+    async def check() -> dict[str, Any]:
+        claims = await verifier.decode(args.token)
+        await verifier.verify_connection(args.token)
+        return claims
+
+    try:
+        claims = asyncio.run(check())
     except TokenExpired:
         raise CommandError("token expired") from None
     except TokenError as exc:
         raise CommandError(f"token invalid: {exc}") from None
+    except KeysUnavailable as exc:
+        raise CommandError(f"cannot check the token: {exc}") from None
     user = claims.get("sub", "") or "(anonymous)"
     exp = claims.get("exp")
     expires = datetime.datetime.fromtimestamp(exp, datetime.UTC).isoformat() if exp else "never"
@@ -155,6 +169,10 @@ def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
             "no config file given: development setup (anonymous clients, namespace 'chat'); not for production")
     from .app import serve
 
+    try:
+        build_verifiers(config)
+    except ConfigError as exc:
+        raise CommandError(f"config error: {exc}", 2) from None
     try:
         asyncio.run(serve(config))
     except OSError as exc:

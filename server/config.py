@@ -111,12 +111,35 @@ class ChannelConfig:
 
 @dataclass(frozen=True)
 class TokenConfig:
+    """Keys and checks for JWTs (Centrifugo `client.token`). With `jwks_public_endpoint` set, keys come from
+    that JWKS only (picked by the token's `kid`); otherwise the token's `alg` picks the HMAC, RSA or ECDSA key."""
+
     hmac_secret_key: str = ""
+    rsa_public_key: str = ""
+    ecdsa_public_key: str = ""
+    jwks_public_endpoint: str = ""
+    audience: str = ""
+    issuer: str = ""
+    user_id_claim: str = ""
+
+
+@dataclass(frozen=True)
+class SubscriptionTokenConfig(TokenConfig):
+    """`client.subscription_token`: when `enabled`, subscription tokens use these keys instead of
+    `client.token`'s."""
+
+    enabled: bool = False
 
 
 @dataclass(frozen=True)
 class ClientConfig:
     token: TokenConfig = field(default_factory=TokenConfig)
+    subscription_token: SubscriptionTokenConfig = field(default_factory=SubscriptionTokenConfig)
+    insecure: bool = False
+    disallow_anonymous_connection_tokens: bool = False
+    user_connection_limit: int = 0
+    expired_close_delay: float = dur(25.0)
+    expired_sub_close_delay: float = dur(25.0)
     allowed_origins: tuple[str, ...] = ()
     allow_anonymous_connect_without_token: bool = False
     ping_interval: float = dur(25.0)
@@ -348,6 +371,17 @@ def _validate_channel_options(opts: ChannelOptions, key: str) -> None:
             raise ConfigError(f"{key}.channel_regex", f"invalid regular expression: {exc}") from None
 
 
+def _validate_token(token: TokenConfig, key: str) -> None:
+    if token.jwks_public_endpoint and not token.jwks_public_endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}.jwks_public_endpoint", "expected an http:// or https:// URL")
+    if token.jwks_public_endpoint and (token.rsa_public_key or token.ecdsa_public_key):
+        raise ConfigError(f"{key}.jwks_public_endpoint", "set either a JWKS endpoint or public keys, not both")
+    for name in ("rsa_public_key", "ecdsa_public_key"):
+        value = getattr(token, name)
+        if value and "-----BEGIN PUBLIC KEY-----" not in value:
+            raise ConfigError(f"{key}.{name}", "expected a PEM public key (-----BEGIN PUBLIC KEY-----)")
+
+
 def validate(config: Config) -> None:
     c = config.client
     if not 0 <= config.http_server.port <= 65535:
@@ -362,6 +396,11 @@ def validate(config: Config) -> None:
                  "recovery_max_publication_limit"):
         if getattr(c, name) <= 0:
             raise ConfigError(f"client.{name}", "must be positive")
+    if c.user_connection_limit < 0:
+        raise ConfigError("client.user_connection_limit", "must not be negative (0 = no limit)")
+    _validate_token(c.token, "client.token")
+    if c.subscription_token.enabled:
+        _validate_token(c.subscription_token, "client.subscription_token")
     if config.engine.type not in ENGINE_TYPES:
         raise ConfigError("engine.type", f"expected one of {', '.join(ENGINE_TYPES)}, got {config.engine.type!r}")
     if config.log_level not in ("debug", "info", "warning", "error"):

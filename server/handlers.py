@@ -7,18 +7,19 @@ session, config.
 
 from __future__ import annotations
 
+import functools
+import time
 from typing import Any
 
-from .auth import TokenExpired, TokenInvalid
+from .auth import SubscriptionClaims
 from .channels import PRIVATE_PREFIX, may, user_limited_allows
 from .config import ChannelOptions
-from .model import ClientInfo, StreamPosition, has_gap, is_recovered, merge_publications
+from .model import StreamPosition
 from .protocol import (
     Disconnects,
     ErrorCode,
     ProtocolError,
     ReplyError,
-    encode_subscribe_push,
     get_bool,
     get_data,
     get_int,
@@ -28,27 +29,29 @@ from .protocol import (
     publication_dict,
     raw,
 )
-from .session import SERVER_VERSION, ClientSession, Handler, State, Subscription, channel_param
+from .session import SERVER_VERSION, ClientSession, Handler, channel_param, verify_token
+from .subscriptions import connect_server_subs, establish, go_live, new_subscription, resolve_server_subs, with_override
 
 Result = dict[str, Any]
 
 
 async def handle_connect(s: ClientSession, params: Result) -> Result:
-    s.authenticate(get_str(params, "token"))
+    claims = await s.authenticate(get_str(params, "token"))
+    server_subs = resolve_server_subs(s, claims.subs) if claims is not None else []
+    s.check_user_connection_limit()
     s.mark_connected()
-    return s.connect_result()
+    result = s.connect_result()
+    if server_subs:
+        result["subs"] = await connect_server_subs(s, server_subs, params.get("subs"))
+    return result
 
 
 async def handle_refresh(s: ClientSession, params: Result) -> Result:
     token = get_str(params, "token")
     if not token:
         raise ProtocolError("refresh token required")
-    try:
-        claims = s.verifier.verify_connection(token)
-    except TokenExpired:
-        raise ProtocolError("refresh token expired", Disconnects.EXPIRED) from None
-    except TokenInvalid as exc:
-        raise ProtocolError(str(exc), Disconnects.INVALID_TOKEN) from None
+    claims = await verify_token(s.verifier.verify_connection(token), ProtocolError(
+        "refresh token expired", Disconnects.EXPIRED))
     if claims.user != s.user:
         raise ProtocolError("refresh token is for another user", Disconnects.INVALID_TOKEN)
     s.conn_info = claims.info if claims.info is not None else s.conn_info
@@ -59,32 +62,45 @@ async def handle_refresh(s: ClientSession, params: Result) -> Result:
     return result
 
 
-def _check_subscribe_permission(s: ClientSession, opts: ChannelOptions, channel: str, token: str) -> bytes | None:
-    """Centrifugo's order: subscription token, user-limited channel, namespace rules. Returns chan_info."""
-    if token:
-        try:
-            claims = s.verifier.verify_subscription(token)
-        except TokenExpired:
-            raise ReplyError(ErrorCode.TOKEN_EXPIRED) from None
-        except TokenInvalid as exc:
-            raise ReplyError(ErrorCode.PERMISSION_DENIED, str(exc)) from None
-        if claims.channel != channel or claims.user != s.user or claims.client not in ("", s.client_id):
-            raise ProtocolError("subscription token mismatch", Disconnects.INVALID_TOKEN)
-        return claims.info
-    if channel.startswith(PRIVATE_PREFIX):
+async def _subscription_claims(
+    s: ClientSession, channel: str, token: str, on_invalid: Exception | None = None
+) -> SubscriptionClaims:
+    """Verify a subscription token for `channel`: expired → 109; invalid → `on_invalid` (default close 3500);
+    for another channel, user or client → close 3500."""
+    claims = await verify_token(
+        s.sub_verifier.verify_subscription(token), ReplyError(ErrorCode.TOKEN_EXPIRED), on_invalid)
+    if claims.channel != channel:
+        raise ProtocolError("subscription token is for another channel", Disconnects.INVALID_TOKEN)
+    if claims.user != s.user:
+        raise ProtocolError("subscription token is for another user", Disconnects.INVALID_TOKEN)
+    if claims.client not in ("", s.client_id):
+        raise ProtocolError("subscription token is for another client", Disconnects.INVALID_TOKEN)
+    return claims
+
+
+def _check_subscribe_permission(s: ClientSession, opts: ChannelOptions, channel: str) -> None:
+    """Without a token, Centrifugo's order: private channel (103), user-limited channel, namespace rules,
+    `client.insecure`."""
+    insecure = s.config.client.insecure
+    if channel.startswith(PRIVATE_PREFIX) and not insecure:
         raise ReplyError(ErrorCode.PERMISSION_DENIED, "private channel needs a subscription token")
     if user_limited_allows(opts, channel, s.user):
-        return None
+        return
     if opts.allow_subscribe_for_client and (s.user or opts.allow_subscribe_for_anonymous):
-        return None
-    raise ReplyError(ErrorCode.PERMISSION_DENIED, "subscribe not allowed")
+        return
+    if not insecure:
+        raise ReplyError(ErrorCode.PERMISSION_DENIED, "subscribe not allowed")
+
+
+def _may(s: ClientSession, channel: str, for_subscriber: bool, for_client: bool, for_anonymous: bool) -> bool:
+    return s.config.client.insecure or may(
+        for_subscriber, for_client, for_anonymous, subscribed=channel in s.subs, user=s.user)
 
 
 def _may_read_presence(s: ClientSession, opts: ChannelOptions, channel: str) -> bool:
-    return opts.presence and may(
-        opts.allow_presence_for_subscriber, opts.allow_presence_for_client, opts.allow_presence_for_anonymous,
-        subscribed=channel in s.subs, user=s.user,
-    )
+    return opts.presence and _may(
+        s, channel, opts.allow_presence_for_subscriber, opts.allow_presence_for_client,
+        opts.allow_presence_for_anonymous)
 
 
 async def handle_subscribe(s: ClientSession, params: Result) -> Result:
@@ -96,99 +112,38 @@ async def handle_subscribe(s: ClientSession, params: Result) -> Result:
     if len(s.subs) >= s.config.client.channel_limit:
         raise ReplyError(ErrorCode.LIMIT_EXCEEDED, "channel limit reached")
     opts = s.node.resolve(channel)
-    chan_info = _check_subscribe_permission(s, opts, channel, get_str(params, "token"))
+    token = get_str(params, "token")
+    claims = None
+    if token:  # Centrifugo answers 103 for an invalid subscription token at subscribe (3500 at sub_refresh)
+        denied = ReplyError(ErrorCode.PERMISSION_DENIED, "invalid subscription token")
+        claims = await _subscription_claims(s, channel, token, denied)
+    if claims is None:
+        _check_subscribe_permission(s, opts, channel)
+    else:
+        opts = with_override(opts, claims.options.override)
+    if channel in s.subs:  # subscribed meanwhile by the server (the token check awaited)
+        raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
     recoverable = opts.force_recovery or (opts.allow_recovery and get_bool(params, "recoverable"))
     positioned = opts.force_positioning or (opts.allow_positioning and get_bool(params, "positioned"))
     join_leave = get_bool(params, "join_leave") and _may_read_presence(s, opts, channel)
+    chan_info = claims.options.info if claims is not None else None
     sub = new_subscription(s, channel, opts, chan_info, recoverable, positioned, join_leave)
     requested = StreamPosition(get_int(params, "offset"), get_str(params, "epoch"))
     if requested.offset < 0:
         raise ReplyError(ErrorCode.BAD_REQUEST, "offset: expected a non-negative integer")
     result = await establish(s, sub, get_bool(params, "recover") and sub.recoverable, requested)
-    s.after_reply(lambda: go_live(s, sub))
+    if claims is not None:
+        if claims.options.data is not None:
+            result["data"] = raw(claims.options.data)
+        if claims.expire_at:
+            s.set_sub_expiry(sub, claims.expire_at)
+            result.update(expires=True, ttl=_ttl(claims.expire_at))
+    s.after_reply(functools.partial(go_live, s, sub))
     return result
 
 
-def new_subscription(
-    s: ClientSession, channel: str, opts: ChannelOptions, chan_info: bytes | None,
-    recoverable: bool, positioned: bool, asked_join_leave: bool,
-) -> Subscription:
-    sub = Subscription(channel)
-    sub.recoverable = recoverable
-    sub.positioned = recoverable or positioned
-    sub.join_leave = opts.join_leave
-    sub.push_join_leave = opts.join_leave and (opts.force_push_join_leave or asked_join_leave)
-    sub.presence = opts.presence
-    sub.info = ClientInfo(s.user, s.client_id, s.conn_info, chan_info)
-    return sub
-
-
-async def establish(s: ClientSession, sub: Subscription, recover: bool, requested: StreamPosition) -> Result:
-    """Register `sub` (buffering from now on), add presence, read the stream position (and the missed
-    publications when recovering). Undone in reverse order on any failure."""
-    s.subs[sub.channel] = sub
-    try:
-        await s.node.subscribe(s, sub.channel)
-        if sub.presence and sub.info is not None:
-            await s.node.add_presence(sub.channel, sub.info)
-        return await _subscribe_result(s, sub, recover, requested)
-    except BaseException:
-        if s.subs.get(sub.channel) is sub:
-            del s.subs[sub.channel]
-        await s.leave_channel(sub, announce=False)
-        raise
-
-
-async def _subscribe_result(s: ClientSession, sub: Subscription, recover: bool, requested: StreamPosition) -> Result:
-    result: Result = {
-        "recoverable": sub.recoverable, "positioned": sub.positioned, "epoch": "", "offset": 0,
-        "recovered": False, "was_recovering": recover, "publications": [],
-    }
-    if not sub.positioned:
-        return result
-    limit = s.config.client.recovery_max_publication_limit
-    if recover:
-        pubs, top = await s.node.engine.history(
-            sub.channel, requested, limit, False, s.config.channel.history_meta_ttl)
-    else:
-        pubs, top = [], await s.node.stream_top(sub.channel)
-    sub.epoch = result["epoch"] = top.epoch
-    sub.offset = result["offset"] = top.offset
-    if recover and is_recovered(requested, top, pubs, limit):
-        replay = [p for p in merge_publications(pubs, sub.buffer) if p.offset > requested.offset]
-        if has_gap(replay, requested.offset):
-            raise ProtocolError("insufficient state while recovering", Disconnects.INSUFFICIENT_STATE)
-        sub.offset = replay[-1].offset if replay else requested.offset
-        result.update(recovered=True, offset=requested.offset, publications=[publication_dict(p) for p in replay])
-    return result
-
-
-async def server_subscribe(
-    s: ClientSession, channel: str, chan_info: bytes | None = None, data: bytes | None = None
-) -> bool:
-    """A subscription made by the server (HTTP API): the client learns of it from a `subscribe` push.
-    False when the connection is already subscribed or closed."""
-    if channel in s.subs or s.state is not State.CONNECTED:
-        return False
-    opts = s.node.resolve(channel)
-    sub = new_subscription(s, channel, opts, chan_info, opts.force_recovery, opts.force_positioning, False)
-    sub.server_side = True
-    result = await establish(s, sub, False, StreamPosition())
-    push = {k: result[k] for k in ("recoverable", "epoch", "offset", "positioned")}
-    if data is not None:
-        push["data"] = raw(data)
-    s.enqueue(encode_subscribe_push(channel, push))
-    await go_live(s, sub)
-    return True
-
-
-async def go_live(s: ClientSession, sub: Subscription) -> None:
-    """Deliver what arrived during subscribe (the position check drops what the reply already carried)."""
-    if s.subs.get(sub.channel) is not sub:
-        return
-    s.send_buffered(sub)
-    if sub.join_leave and sub.info is not None:
-        await s.node.join(sub.channel, sub.info)
+def _ttl(expire_at: int) -> int:
+    return max(0, int(expire_at - time.time()))
 
 
 async def handle_unsubscribe(s: ClientSession, params: Result) -> Result:
@@ -203,8 +158,8 @@ async def handle_publish(s: ClientSession, params: Result) -> Result:
     channel = channel_param(params)
     data = get_data(params)
     opts = s.node.resolve(channel)
-    if not may(opts.allow_publish_for_subscriber, opts.allow_publish_for_client, opts.allow_publish_for_anonymous,
-               subscribed=channel in s.subs, user=s.user):
+    if not _may(s, channel, opts.allow_publish_for_subscriber, opts.allow_publish_for_client,
+                opts.allow_publish_for_anonymous):
         raise ReplyError(ErrorCode.PERMISSION_DENIED, "publish not allowed")
     await s.node.publish(channel, data, info=s.info)
     return {}
@@ -235,8 +190,8 @@ async def handle_history(s: ClientSession, params: Result) -> Result:
     opts = s.node.resolve(channel)
     if not opts.history_enabled:
         raise ReplyError(ErrorCode.NOT_AVAILABLE, "history is not enabled")
-    if not may(opts.allow_history_for_subscriber, opts.allow_history_for_client, opts.allow_history_for_anonymous,
-               subscribed=channel in s.subs, user=s.user):
+    if not _may(s, channel, opts.allow_history_for_subscriber, opts.allow_history_for_client,
+                opts.allow_history_for_anonymous):
         raise ReplyError(ErrorCode.PERMISSION_DENIED, "history not allowed")
     cap = s.config.client.history_max_publication_limit
     limit = get_int(params, "limit")
@@ -249,10 +204,21 @@ async def handle_history(s: ClientSession, params: Result) -> Result:
 
 
 async def handle_sub_refresh(s: ClientSession, params: Result) -> Result:
+    """A new subscription token before the old one expires: move the subscription's expiry."""
     channel = channel_param(params)
-    if channel not in s.subs:
+    sub = s.subs.get(channel)
+    if sub is None:
         raise ReplyError(ErrorCode.PERMISSION_DENIED, "not subscribed")
-    raise ReplyError(ErrorCode.NOT_AVAILABLE, "subscription tokens do not expire on this server yet")
+    if sub.server_side:
+        raise ProtocolError("sub_refresh for a server-side subscription")
+    token = get_str(params, "token")
+    if not token:
+        raise ReplyError(ErrorCode.BAD_REQUEST, "sub_refresh needs a token")
+    claims = await _subscription_claims(s, channel, token)
+    if s.subs.get(channel) is not sub:
+        raise ReplyError(ErrorCode.PERMISSION_DENIED, "not subscribed")
+    s.set_sub_expiry(sub, claims.expire_at)
+    return {"expires": True, "ttl": _ttl(claims.expire_at)} if claims.expire_at else {}
 
 
 async def handle_rpc(s: ClientSession, params: Result) -> Result:

@@ -52,6 +52,9 @@ class Hub:
     def session(self, client_id: str) -> Subscriber | None:
         return self._sessions.get(client_id)
 
+    def num_user_sessions(self, user: str) -> int:
+        return len(self._users.get(user, ()))
+
     def user_sessions(self, user: str) -> list[Subscriber]:
         return list(self._users.get(user, {}).values())
 

@@ -16,10 +16,10 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import __version__
-from .auth import TokenExpired, TokenInvalid, TokenVerifier
+from .auth import Claims, KeysUnavailable, TokenExpired, TokenInvalid, TokenVerifier, lifetime_over
 from .config import Config
 from .model import ClientInfo, Publication
 from .node import Node
@@ -42,10 +42,11 @@ from .protocol import (
 )
 
 log = logging.getLogger("gust.session")
+T = TypeVar("T")
 SERVER_VERSION = f"gust {__version__}"
-REFRESH_GRACE = 25.0  # seconds a connection may stay after its token expired, waiting for `refresh`
 UNSUBSCRIBE_INSUFFICIENT_STATE = (2500, "insufficient state")
 UNSUBSCRIBE_SERVER = (2000, "server unsubscribe")
+UNSUBSCRIBE_EXPIRED = (2501, "subscription expired")
 
 
 class Transport(Protocol):
@@ -76,6 +77,8 @@ class Subscription:
         "buffer",
         "channel",
         "epoch",
+        "expire_at",
+        "expiry_timer",
         "info",
         "join_leave",
         "offset",
@@ -100,6 +103,8 @@ class Subscription:
         self.epoch = ""
         self.info: ClientInfo | None = None
         self.server_side = False
+        self.expire_at = 0
+        self.expiry_timer: asyncio.TimerHandle | None = None
 
 
 Handler = Callable[["ClientSession", dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -108,16 +113,21 @@ Handler = Callable[["ClientSession", dict[str, Any]], Awaitable[dict[str, Any]]]
 class ClientSession:
     """A connection's protocol state. Commands of one connection run strictly one after another."""
 
-    def __init__(self, node: Node, transport: Transport, verifier: TokenVerifier, handlers: dict[str, Handler]):
+    def __init__(
+        self, node: Node, transport: Transport, verifier: TokenVerifier, handlers: dict[str, Handler],
+        sub_verifier: TokenVerifier | None = None,
+    ):
         self.node = node
         self.config: Config = node.config
         self.transport = transport
         self.verifier = verifier
+        self.sub_verifier = sub_verifier or verifier
         self.handlers = handlers
         self.state = State.CONNECTING
         self.client_id = str(uuid.uuid4())
         self.user = ""
         self.conn_info: bytes | None = None
+        self.meta: bytes | None = None
         self.expire_at = 0
         self.subs: dict[str, Subscription] = {}
         self.close_code: int | None = None
@@ -192,26 +202,31 @@ class ClientSession:
 
     # --- connection lifecycle ----------------------------------------------------------------------------------
 
-    def authenticate(self, token: str) -> None:
-        """Set user, info and expiry from a connection token, or anonymously when allowed."""
+    async def authenticate(self, token: str) -> Claims | None:
+        """Set user, info, meta and expiry from a connection token, or connect anonymously when allowed."""
+        client = self.config.client
         if not token:
-            if not self.config.client.allow_anonymous_connect_without_token:
+            if not (client.allow_anonymous_connect_without_token or client.insecure):
                 raise ProtocolError("client credentials not found")
-            return
-        try:
-            claims = self.verifier.verify_connection(token)
-        except TokenExpired:
-            raise ReplyError(ErrorCode.TOKEN_EXPIRED) from None
-        except TokenInvalid as exc:
-            raise ProtocolError(str(exc), Disconnects.INVALID_TOKEN) from None
-        self.user, self.conn_info = claims.user, claims.info
+            return None
+        claims = await verify_token(self.verifier.verify_connection(token), on_expired=ReplyError(
+            ErrorCode.TOKEN_EXPIRED))
+        if not claims.user and client.disallow_anonymous_connection_tokens:
+            raise ProtocolError("anonymous connection tokens are disallowed", Disconnects.PERMISSION_DENIED)
+        self.user, self.conn_info, self.meta = claims.user, claims.info, claims.meta
         self.set_expiry(claims.expire_at)
+        return claims
+
+    def check_user_connection_limit(self) -> None:
+        limit = self.config.client.user_connection_limit
+        if limit and self.user and self.node.hub.num_user_sessions(self.user) >= limit:
+            raise ProtocolError(f"user {self.user!r} has {limit} connections", Disconnects.CONNECTION_LIMIT)
 
     def set_expiry(self, expire_at: int) -> None:
         self.expire_at = expire_at
         self._cancel_timer("expire")
         if expire_at:
-            delay = max(0.0, expire_at - time.time()) + REFRESH_GRACE
+            delay = max(0.0, expire_at - time.time()) + self.config.client.expired_close_delay
             self._set_timer("expire", delay, lambda: self.close(Disconnects.EXPIRED))
 
     def ttl(self) -> int:
@@ -311,8 +326,31 @@ class ClientSession:
         for sub in subs:
             await self.leave_channel(sub)
 
+    def set_sub_expiry(self, sub: Subscription, expire_at: int) -> None:
+        """Unsubscribe with 2501 when `expire_at` (plus the grace period) passes without a `sub_refresh`."""
+        sub.expire_at = expire_at
+        if sub.expiry_timer is not None:
+            sub.expiry_timer.cancel()
+            sub.expiry_timer = None
+        if expire_at:
+            delay = max(0.0, expire_at - time.time()) + self.config.client.expired_sub_close_delay
+            sub.expiry_timer = self._loop.call_later(delay, self._on_sub_expired, sub)
+
+    def _on_sub_expired(self, sub: Subscription) -> None:
+        sub.expiry_timer = None
+        if self.subs.get(sub.channel) is not sub:
+            return
+        log.info("client %s: subscription to %s expired", self.client_id, sub.channel)
+        del self.subs[sub.channel]
+        code, reason = UNSUBSCRIBE_EXPIRED
+        self.enqueue(encode_unsubscribe_push(sub.channel, code, reason))
+        self.spawn(self.leave_channel(sub))
+
     async def leave_channel(self, sub: Subscription, announce: bool = True) -> None:
         """Undo a subscription: hub entry, presence, then a leave event. Errors are logged, not raised."""
+        if sub.expiry_timer is not None:
+            sub.expiry_timer.cancel()
+            sub.expiry_timer = None
         try:
             await self.node.unsubscribe(self, sub.channel)
             if sub.presence:
@@ -406,6 +444,23 @@ class ClientSession:
         code, reason = UNSUBSCRIBE_INSUFFICIENT_STATE
         self.enqueue(encode_unsubscribe_push(sub.channel, code, reason))
         self.spawn(self.leave_channel(sub))
+
+
+async def verify_token(verifying: Awaitable[T], on_expired: Exception, on_invalid: Exception | None = None) -> T:
+    """Await a token verification, mapping token problems to what the client gets: `on_expired` when `exp` has
+    passed, `on_invalid` (default: close 3500) when invalid, a temporary internal error (100) when the JWKS
+    cannot be fetched, and error 110 when the token's `expire_at` lifetime is already over."""
+    try:
+        claims = await verifying
+    except TokenExpired:
+        raise on_expired from None
+    except TokenInvalid as exc:
+        raise on_invalid or ProtocolError(str(exc), Disconnects.INVALID_TOKEN) from None
+    except KeysUnavailable as exc:
+        raise ReplyError(ErrorCode.INTERNAL, str(exc)) from None
+    if lifetime_over(getattr(claims, "expire_at", 0)):
+        raise ReplyError(ErrorCode.EXPIRED, "the token's expire_at has passed")
+    return claims
 
 
 def channel_param(params: dict[str, Any]) -> str:

@@ -60,9 +60,12 @@ def origin_allowed(origin: str, host: str, patterns: tuple[str, ...]) -> bool:
 
 
 class WebSocketHandler(tornado.websocket.WebSocketHandler):
-    def initialize(self, node: Node, verifier: TokenVerifier, handlers: dict[str, Handler]) -> None:
+    def initialize(
+        self, node: Node, verifier: TokenVerifier, sub_verifier: TokenVerifier, handlers: dict[str, Handler]
+    ) -> None:
         self.node = node
         self.verifier = verifier
+        self.sub_verifier = sub_verifier
         self.handlers = handlers
         self.session: ClientSession | None = None
 
@@ -80,7 +83,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.set_nodelay(True)
-        self.session = ClientSession(self.node, TornadoTransport(self), self.verifier, self.handlers)
+        self.session = ClientSession(
+            self.node, TornadoTransport(self), self.verifier, self.handlers, self.sub_verifier)
 
     async def on_message(self, message: str | bytes) -> None:
         # Tornado reads the next message only after this coroutine returns: commands stay in order.
