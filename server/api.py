@@ -18,6 +18,7 @@ from tornado.http1connection import HTTP1Connection
 
 from .api_methods import API_METHODS, call, error_body
 from .engines import EngineError
+from .lifecycle import Drain
 from .node import Node
 from .protocol import ErrorCode, ReplyError
 
@@ -29,11 +30,13 @@ TRANSPORT_STATUS = {100: 500, 102: 404, 104: 404, 107: 400, 108: 400, 112: 416, 
 
 @tornado.web.stream_request_body
 class ApiHandler(tornado.web.RequestHandler):
-    def initialize(self, node: Node) -> None:
+    def initialize(self, node: Node, drain: Drain) -> None:
         self.node = node
+        self.drain = drain
         self.config = node.config.http_api
         self._chunks: list[bytes] = []
         self._size = 0
+        self._counted = False
 
     def check_xsrf_cookie(self) -> None:
         return None  # API clients authenticate with a key, not cookies
@@ -54,6 +57,11 @@ class ApiHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         if self.request.method != "POST":
             return
+        if self.drain.draining:
+            self._reject_early(503)  # shutting down: a load balancer retries elsewhere
+            return
+        self.drain.begin()
+        self._counted = True
         if not self._authorized():
             self._reject_early(401)
             return
@@ -65,6 +73,17 @@ class ApiHandler(tornado.web.RequestHandler):
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
             connection.set_max_body_size(limit)  # a chunked body over the limit is cut off by Tornado
+
+    def on_finish(self) -> None:
+        self._release()
+
+    def on_connection_close(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.drain.end()
 
     def _reject_early(self, status: int) -> None:
         """Answer before the body is read: Tornado then drops the connection, so say so (keep-alive clients)."""

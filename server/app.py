@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .auth import build_verifiers
 from .config import Config
 from .engines import create_engine
 from .handlers import HANDLERS
+from .lifecycle import Drain
 from .node import Node
 from .pages import HealthHandler, IndexHandler
 from .protocol import Disconnects
@@ -40,25 +42,32 @@ class Gust:
         self.config = config
         self.node = Node(config, create_engine(config))
         self.verifier, self.sub_verifier = build_verifiers(config)
+        self.drain = Drain()
 
     async def start(self) -> None:
         await self.node.start()
 
     async def close(self) -> None:
-        """Close every client with 3001 "shutdown" (SDKs reconnect), then stop the engine."""
+        """Refuse new work (503), close every client with 3001 "shutdown" (SDKs reconnect), let running API
+        calls finish, then stop the engine (which flushes and closes the history store)."""
+        self.drain.start_draining()
         sessions = [s for s in self.node.hub.all_sessions() if isinstance(s, ClientSession)]
         for session in sessions:
             session.close(Disconnects.SHUTDOWN)
         for session in sessions:
             await session.wait_released()
+        if self.drain.inflight:
+            log.info("waiting for %d API request(s) to finish", self.drain.inflight)
+        await self.drain.wait_idle()
         await self.node.close()
 
     def routes(self, prefix: str = "") -> list[tornado.routing.Rule]:
         ws_kwargs: dict[str, Any] = {
-            "node": self.node, "verifier": self.verifier, "sub_verifier": self.sub_verifier, "handlers": HANDLERS}
+            "node": self.node, "verifier": self.verifier, "sub_verifier": self.sub_verifier, "handlers": HANDLERS,
+            "drain": self.drain}
         return [
             tornado.web.url(prefix + r"/connection/websocket", WebSocketHandler, ws_kwargs),
-            tornado.web.url(prefix + r"/api/([a-z_]+)", ApiHandler, {"node": self.node}),
+            tornado.web.url(prefix + r"/api/([a-z_]+)", ApiHandler, {"node": self.node, "drain": self.drain}),
             tornado.web.url(prefix + r"/health", HealthHandler),
             tornado.web.url(prefix + r"/", IndexHandler, {"node": self.node}),
         ]
@@ -73,8 +82,9 @@ class Gust:
         )
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+async def serve(config: Config) -> bool:
+    """Run until SIGINT/SIGTERM, then shut down gracefully within `shutdown.timeout`. False when the
+    shutdown did not finish in time."""
     gust = Gust(config)
     await gust.start()
     server = tornado.httpserver.HTTPServer(gust.make_app())
@@ -88,7 +98,15 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    started = time.monotonic()
+    log.info("shutting down (at most %.0f s)", config.shutdown.timeout)
     server.stop()
-    await gust.close()
+    clean = True
+    try:
+        await asyncio.wait_for(gust.close(), config.shutdown.timeout)
+    except TimeoutError:
+        log.error("shutdown did not finish within %.0f s: exiting anyway", config.shutdown.timeout)
+        clean = False
     await server.close_all_connections()
+    log.info("stopped in %.2f s", time.monotonic() - started)
+    return clean

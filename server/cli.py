@@ -21,6 +21,7 @@ from typing import Any
 from . import __version__
 from .auth import KeysUnavailable, TokenError, TokenExpired, TokenVerifier, build_verifiers, make_connection_token
 from .config import Config, ConfigError, load_config
+from .engines import EngineError
 
 STARTER_NAMESPACE: dict[str, Any] = {
     "name": "chat", "presence": True, "join_leave": True, "force_push_join_leave": True,
@@ -174,10 +175,14 @@ def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
     except ConfigError as exc:
         raise CommandError(f"config error: {exc}", 2) from None
     try:
-        asyncio.run(serve(config))
+        clean = asyncio.run(serve(config))
     except OSError as exc:
         where = f"{config.http_server.address}:{config.http_server.port}"
         raise CommandError(f"cannot listen on {where}: {exc.strerror}") from None
+    except EngineError as exc:
+        raise CommandError(f"cannot start: {exc}") from None
+    if not clean:
+        raise CommandError(f"shutdown took longer than shutdown.timeout ({config.shutdown.timeout:g} s)")
 
 
 def configure_logging(level: str) -> None:

@@ -167,8 +167,20 @@ class HttpApiConfig:
 
 
 @dataclass(frozen=True)
+class MemoryEngineConfig:
+    persistence: str = "sqlite"  # "sqlite": history kept in data_dir/history.sqlite3; "none": RAM only
+    synchronous: str = "normal"  # SQLite's PRAGMA synchronous: "normal" (survives a crash of the process), "full"
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     type: str = "memory"
+    memory: MemoryEngineConfig = field(default_factory=MemoryEngineConfig)
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    timeout: float = dur(30.0)
 
 
 @dataclass(frozen=True)
@@ -178,6 +190,8 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    data_dir: str = "var"
     log_level: str = "info"
     development: bool = False
 
@@ -403,6 +417,13 @@ def validate(config: Config) -> None:
         _validate_token(c.subscription_token, "client.subscription_token")
     if config.engine.type not in ENGINE_TYPES:
         raise ConfigError("engine.type", f"expected one of {', '.join(ENGINE_TYPES)}, got {config.engine.type!r}")
+    memory = config.engine.memory
+    if memory.persistence not in ("sqlite", "none"):
+        raise ConfigError("engine.memory.persistence", f"expected sqlite or none, got {memory.persistence!r}")
+    if memory.synchronous not in ("normal", "full"):
+        raise ConfigError("engine.memory.synchronous", f"expected normal or full, got {memory.synchronous!r}")
+    if not config.data_dir:
+        raise ConfigError("data_dir", "must not be empty")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", f"expected debug, info, warning or error, got {config.log_level!r}")
     _validate_channel_options(config.channel.without_namespace, "channel.without_namespace")

@@ -15,6 +15,7 @@ import tornado.websocket
 from tornado.concurrent import Future
 
 from .auth import TokenVerifier
+from .lifecycle import Drain
 from .node import Node
 from .session import ClientSession, Handler
 
@@ -61,13 +62,19 @@ def origin_allowed(origin: str, host: str, patterns: tuple[str, ...]) -> bool:
 
 class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def initialize(
-        self, node: Node, verifier: TokenVerifier, sub_verifier: TokenVerifier, handlers: dict[str, Handler]
+        self, node: Node, verifier: TokenVerifier, sub_verifier: TokenVerifier, handlers: dict[str, Handler],
+        drain: Drain,
     ) -> None:
         self.node = node
+        self.drain = drain
         self.verifier = verifier
         self.sub_verifier = sub_verifier
         self.handlers = handlers
         self.session: ClientSession | None = None
+
+    def prepare(self) -> None:
+        if self.drain.draining:
+            raise tornado.web.HTTPError(503, reason="Shutting down")
 
     def check_origin(self, origin: str) -> bool:
         allowed = origin_allowed(origin, self.request.host, self.node.config.client.allowed_origins)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +31,9 @@ def config_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def config(config_overrides: dict[str, Any]) -> Config:
-    return make_config(config_overrides)
+def config(config_overrides: dict[str, Any], tmp_path: Path) -> Config:
+    """The server's config; history goes to a SQLite store in the test's own temporary directory."""
+    return make_config(deep_merge({"data_dir": str(tmp_path / "data")}, config_overrides))
 
 
 @pytest.fixture

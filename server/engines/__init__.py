@@ -7,10 +7,13 @@ May import: model, config. Concrete engines live in sibling modules.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from ..config import Config
 from ..model import ClientInfo, PresenceStats, Publication, StreamPosition
+
+HISTORY_FILE = "history.sqlite3"
 
 
 class EngineError(Exception):
@@ -91,5 +94,10 @@ def create_engine(config: Config) -> Engine:
     if config.engine.type == "memory":
         from .memory import MemoryEngine
 
-        return MemoryEngine()
+        memory = config.engine.memory
+        if memory.persistence == "none":
+            return MemoryEngine()
+        from .sqlite_db import SqliteDb
+
+        return MemoryEngine.with_store(SqliteDb(Path(config.data_dir) / HISTORY_FILE, memory.synchronous.upper()))
     raise EngineError(f"unknown engine type {config.engine.type!r}")

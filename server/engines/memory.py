@@ -1,11 +1,17 @@
 """The memory engine: per-channel streams (epoch, top offset, bounded history with TTL) and presence with
-expiry, all in this process. `publish` calls `events.on_publication` in the same call stack.
+expiry, all in this process. Reads are served from RAM.
+
+With a store (`engine.memory.persistence = "sqlite"`), history is also written to SQLite: a publication gets its
+offset at once, but it joins the in-RAM stream, reaches subscribers and is acknowledged only after the
+transaction holding it has committed, so an offset is never delivered and then lost. At start the streams are
+read back from the store. Without a store, `publish` delivers in the same call stack.
 
 Owns: `MemoryEngine`, `new_epoch`. May import: model, engines.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 import time
@@ -14,6 +20,10 @@ from dataclasses import dataclass, field
 
 from ..model import ClientInfo, PresenceStats, Publication, StreamPosition
 from . import EngineError, EngineEvents, HistoryOptions
+from .sqlite_db import LoadedStream, Op, OpKind, SqliteDb, StoreError
+from .store import Store
+
+log = logging.getLogger("gust.engine")
 
 _EPOCH_ALPHABET = string.ascii_letters
 
@@ -26,9 +36,10 @@ def new_epoch() -> str:
 @dataclass(slots=True)
 class Stream:
     epoch: str
-    top: int = 0
-    items: deque[tuple[Publication, float]] = field(default_factory=deque)  # (pub, expires_at)
-    meta_expires_at: float = 0.0
+    top: int = 0  # the last offset readers may see (committed, when there is a store)
+    assigned: int = 0  # the last offset handed out (> top while publications wait for their commit)
+    items: deque[tuple[Publication, float]] = field(default_factory=deque)  # (pub, expires_at monotonic)
+    meta_expires_at: float = 0.0  # monotonic; 0 = never
 
     def trim(self, now: float, size: int | None = None) -> None:
         while self.items and (self.items[0][1] <= now or (size is not None and len(self.items) > size)):
@@ -38,17 +49,43 @@ class Stream:
 class MemoryEngine:
     """All state in dicts owned by this object; safe because everything runs on one IOLoop."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
         self._events: EngineEvents | None = None
         self._streams: dict[str, Stream] = {}
         self._presence: dict[str, dict[str, tuple[ClientInfo, float]]] = {}
         self._now = time.monotonic
+        self._store = store
+
+    @classmethod
+    def with_store(cls, db: SqliteDb) -> MemoryEngine:
+        engine = cls()
+        engine._store = Store(db, engine._on_committed, engine._on_failed)
+        return engine
 
     async def start(self, events: EngineEvents) -> None:
+        if self._store is not None:
+            started = time.monotonic()
+            try:
+                loaded = await self._store.open()
+            except StoreError as exc:
+                raise EngineError(str(exc)) from None
+            self._restore(loaded)
+            log.info("history store: recovered %d channel(s), %d publication(s) in %.0f ms",
+                     len(loaded), sum(len(s.pubs) for s in loaded.values()), (time.monotonic() - started) * 1000)
         self._events = events
 
     async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
         self._events = None
+
+    def _restore(self, loaded: dict[str, LoadedStream]) -> None:
+        mono, wall = self._now(), time.time()
+        for channel, item in loaded.items():
+            meta = mono + (item.meta_expires_at - wall) if item.meta_expires_at else 0.0
+            stream = Stream(epoch=item.epoch, top=item.top, assigned=item.top, meta_expires_at=meta)
+            stream.items.extend((pub, mono + (exp - wall)) for pub, exp in item.pubs)
+            self._streams[channel] = stream
 
     @property
     def events(self) -> EngineEvents:
@@ -59,8 +96,11 @@ class MemoryEngine:
     def _stream(self, channel: str, meta_ttl: float) -> Stream:
         now = self._now()
         stream = self._streams.get(channel)
-        if stream is None or (stream.meta_expires_at and stream.meta_expires_at <= now):
+        expired = stream is not None and 0 < stream.meta_expires_at <= now and stream.assigned == stream.top
+        if stream is None or expired:
             stream = self._streams[channel] = Stream(epoch=new_epoch())
+            if self._store is not None:  # remember the epoch, so a restart keeps it
+                self._store.submit(Op(OpKind.META, channel, stream.epoch, 0, _wall(meta_ttl)), wait=False)
         if meta_ttl > 0:
             stream.meta_expires_at = now + meta_ttl
         return stream
@@ -74,12 +114,38 @@ class MemoryEngine:
             events.on_publication(channel, Publication(data=data, info=info, tags=tags, time=stamp))
             return StreamPosition()
         stream = self._stream(channel, opts.meta_ttl)
-        stream.top += 1
-        pub = Publication(data=data, offset=stream.top, info=info, tags=tags, time=stamp)
-        stream.items.append((pub, self._now() + opts.ttl))
-        stream.trim(self._now(), opts.size)
-        events.on_publication(channel, pub)
-        return StreamPosition(stream.top, stream.epoch)
+        stream.assigned += 1
+        pub = Publication(data=data, offset=stream.assigned, info=info, tags=tags, time=stamp)
+        if self._store is None:
+            self._append(channel, stream, pub, opts.ttl, opts.size)
+            return StreamPosition(stream.top, stream.epoch)
+        epoch = stream.epoch
+        op = Op(OpKind.PUBLISH, channel, epoch, pub.offset, _wall(opts.meta_ttl), pub, time.time() + opts.ttl,
+                opts.size)
+        committed = self._store.submit(op)
+        assert committed is not None
+        await committed
+        return StreamPosition(pub.offset, epoch)
+
+    def _append(self, channel: str, stream: Stream, pub: Publication, ttl: float, size: int) -> None:
+        stream.top = pub.offset
+        stream.items.append((pub, self._now() + ttl))
+        stream.trim(self._now(), size)
+        self.events.on_publication(channel, pub)
+
+    def _on_committed(self, op: Op) -> None:
+        stream = self._streams.get(op.channel)
+        if op.kind is not OpKind.PUBLISH or op.pub is None or stream is None or stream.epoch != op.epoch:
+            return
+        ttl = op.expires_at - time.time()
+        self._append(op.channel, stream, op.pub, ttl, op.keep)
+
+    def _on_failed(self, ops: list[Op]) -> None:
+        """Offsets handed out for publications that were not stored are taken back."""
+        for op in ops:
+            stream = self._streams.get(op.channel)
+            if stream is not None and stream.epoch == op.epoch:
+                stream.assigned = stream.top
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         self.events.on_join(channel, info)
@@ -117,6 +183,10 @@ class MemoryEngine:
         stream = self._streams.get(channel)
         if stream is not None:
             stream.items.clear()
+        if self._store is not None:
+            committed = self._store.submit(Op(OpKind.REMOVE_HISTORY, channel))
+            assert committed is not None
+            await committed
 
     async def add_presence(self, channel: str, client_id: str, info: ClientInfo, ttl: float) -> None:
         self._presence.setdefault(channel, {})[client_id] = (info, self._now() + ttl)
@@ -146,9 +216,11 @@ class MemoryEngine:
         return PresenceStats(num_clients=len(live), num_users=len({i.user for i in live.values()}))
 
     async def maintain(self) -> None:
-        """Drop expired history items, stream metadata past its TTL and expired presence entries."""
+        """Drop expired history items, stream metadata past its TTL and expired presence entries (in the store
+        too, in one batch)."""
         now = self._now()
-        for channel in [c for c, s in self._streams.items() if s.meta_expires_at and s.meta_expires_at <= now]:
+        for channel in [c for c, s in self._streams.items()
+                        if s.meta_expires_at and s.meta_expires_at <= now and s.assigned == s.top]:
             del self._streams[channel]
         for stream in self._streams.values():
             stream.trim(now)
@@ -156,3 +228,10 @@ class MemoryEngine:
             self._live_presence(channel)
             if not self._presence.get(channel):
                 self._presence.pop(channel, None)
+        if self._store is not None:
+            await self._store.expire()
+
+
+def _wall(ttl: float) -> float:
+    """A wall-clock expiry `ttl` seconds from now (0 = never), for the store."""
+    return time.time() + ttl if ttl > 0 else 0.0
