@@ -10,7 +10,7 @@ JS_STAMP := $(JS_DIR)/node_modules/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint types clean
+.PHONY: install run test bench lint types clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,11 @@ run: $(STAMP)
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(PY) -m bench.publish $(ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server tests
+	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/mypy
 
 types: lint

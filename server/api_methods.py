@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import fnmatch
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 
 from . import __version__
+from .engines import EngineError
 from .node import Node
 from .protocol import (
     Disconnect,
@@ -38,6 +40,7 @@ from .session import ClientSession
 from .subscriptions import server_subscribe
 
 Result = dict[str, Any]
+log = logging.getLogger("gust.api")
 Method = Callable[[Node, Result], Awaitable[Result]]
 
 
@@ -206,6 +209,9 @@ async def batch(node: Node, params: Result) -> Result:
             return {method: await call(node, method, body)}
         except ReplyError as exc:
             return {"error": error_body(exc)}
+        except EngineError as exc:
+            log.warning("api batch %s: engine error: %s", method, exc)
+            return {"error": error_body(ReplyError(ErrorCode.INTERNAL))}
 
     if get_bool(params, "parallel"):
         replies = list(await asyncio.gather(*(one(c) for c in commands)))

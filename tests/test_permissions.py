@@ -227,7 +227,8 @@ def outcome(reply: dict[str, Any]) -> str:
 def params(op: str, channel: str, user: str) -> tuple[str, dict[str, Any]]:
     if op == "subscribe_token":
         return "subscribe", {"channel": channel, "token": subscription_token(user, channel)}
-    extra: dict[str, Any] = {"publish": {"data": {"x": 1}}, "history": {"limit": 1}}.get(op, {})
+    extras: dict[str, dict[str, Any]] = {"publish": {"data": {"x": 1}}, "history": {"limit": 1}}
+    extra = extras.get(op, {})
     return op, {"channel": channel, **extra}
 
 
