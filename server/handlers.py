@@ -8,7 +8,6 @@ session, config.
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
 
 from .auth import SubscriptionClaims
@@ -29,7 +28,7 @@ from .protocol import (
     publication_dict,
     raw,
 )
-from .session import SERVER_VERSION, ClientSession, Handler, channel_param, verify_token
+from .session import SERVER_VERSION, ClientSession, Handler, channel_param, ttl_of, verify_token
 from .subscriptions import connect_server_subs, establish, go_live, new_subscription, resolve_server_subs, with_override
 
 Result = dict[str, Any]
@@ -38,8 +37,8 @@ Result = dict[str, Any]
 async def handle_connect(s: ClientSession, params: Result) -> Result:
     claims = await s.authenticate(get_str(params, "token"))
     server_subs = resolve_server_subs(s, claims.subs) if claims is not None else []
-    s.check_user_connection_limit()
-    s.mark_connected()
+    s.check_user_connection_limit(claims.user if claims is not None else "")
+    s.accept(claims)
     result = s.connect_result()
     if server_subs:
         result["subs"] = await connect_server_subs(s, server_subs, params.get("subs"))
@@ -137,13 +136,9 @@ async def handle_subscribe(s: ClientSession, params: Result) -> Result:
             result["data"] = raw(claims.options.data)
         if claims.expire_at:
             s.set_sub_expiry(sub, claims.expire_at)
-            result.update(expires=True, ttl=_ttl(claims.expire_at))
+            result.update(expires=True, ttl=ttl_of(claims.expire_at))
     s.after_reply(functools.partial(go_live, s, sub))
     return result
-
-
-def _ttl(expire_at: int) -> int:
-    return max(0, int(expire_at - time.time()))
 
 
 async def handle_unsubscribe(s: ClientSession, params: Result) -> Result:
@@ -218,7 +213,7 @@ async def handle_sub_refresh(s: ClientSession, params: Result) -> Result:
     if s.subs.get(channel) is not sub:
         raise ReplyError(ErrorCode.PERMISSION_DENIED, "not subscribed")
     s.set_sub_expiry(sub, claims.expire_at)
-    return {"expires": True, "ttl": _ttl(claims.expire_at)} if claims.expire_at else {}
+    return {"expires": True, "ttl": ttl_of(claims.expire_at)} if claims.expire_at else {}
 
 
 async def handle_rpc(s: ClientSession, params: Result) -> Result:

@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 import orjson
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpclient import AsyncHTTPClient
 
 log = logging.getLogger("gust.jwks")
 
@@ -51,6 +51,7 @@ class JwksKeys:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = -CACHE_TTL
         self._fetching: asyncio.Future[None] | None = None
+        self._client: AsyncHTTPClient | None = None
 
     async def key(self, kid: str, alg: str) -> Any:
         """The verification key for `kid`, usable with `alg`; `TokenInvalid` when there is no such key."""
@@ -76,18 +77,20 @@ class JwksKeys:
                 self._fetching = None
 
     async def _fetch(self) -> None:
-        client = AsyncHTTPClient()
+        if self._client is None:  # its own client: a body limit of its own, created on the IOLoop
+            self._client = AsyncHTTPClient(force_instance=True, max_body_size=MAX_JWKS_BYTES)
+        client = self._client
         error = ""
         for _ in range(FETCH_ATTEMPTS):
             try:
                 response = await client.fetch(
                     self.url, connect_timeout=FETCH_TIMEOUT, request_timeout=FETCH_TIMEOUT,
-                    max_body_size=MAX_JWKS_BYTES, headers={"Accept": "application/json"},
+                    headers={"Accept": "application/json"},
                 )
                 self._keys = parse_jwks(response.body)
                 self._fetched_at = time.monotonic()
                 return
-            except (TimeoutError, HTTPClientError, OSError, ValueError) as exc:
+            except Exception as exc:  # any failure to fetch or parse: nothing gets verified with it
                 error = str(exc) or type(exc).__name__
         log.warning("cannot fetch JWKS from %s: %s", self.url, error)
         raise KeysUnavailable(f"JWKS endpoint unavailable: {error}")

@@ -203,7 +203,8 @@ class ClientSession:
     # --- connection lifecycle ----------------------------------------------------------------------------------
 
     async def authenticate(self, token: str) -> Claims | None:
-        """Set user, info, meta and expiry from a connection token, or connect anonymously when allowed."""
+        """Verify a connect's token (None: anonymous, when allowed). Changes nothing on the session: the
+        caller applies the claims with `accept` once every check has passed."""
         client = self.config.client
         if not token:
             if not (client.allow_anonymous_connect_without_token or client.insecure):
@@ -213,14 +214,19 @@ class ClientSession:
             ErrorCode.TOKEN_EXPIRED))
         if not claims.user and client.disallow_anonymous_connection_tokens:
             raise ProtocolError("anonymous connection tokens are disallowed", Disconnects.PERMISSION_DENIED)
-        self.user, self.conn_info, self.meta = claims.user, claims.info, claims.meta
-        self.set_expiry(claims.expire_at)
         return claims
 
-    def check_user_connection_limit(self) -> None:
+    def check_user_connection_limit(self, user: str) -> None:
         limit = self.config.client.user_connection_limit
-        if limit and self.user and self.node.hub.num_user_sessions(self.user) >= limit:
-            raise ProtocolError(f"user {self.user!r} has {limit} connections", Disconnects.CONNECTION_LIMIT)
+        if limit and user and self.node.hub.num_user_sessions(user) >= limit:
+            raise ProtocolError(f"user {user!r} has {limit} connections", Disconnects.CONNECTION_LIMIT)
+
+    def accept(self, claims: Claims | None) -> None:
+        """Take the connection's identity from `claims` (anonymous when None) and join the hub."""
+        if claims is not None:
+            self.user, self.conn_info, self.meta = claims.user, claims.info, claims.meta
+            self.set_expiry(claims.expire_at)
+        self.mark_connected()
 
     def set_expiry(self, expire_at: int) -> None:
         self.expire_at = expire_at
@@ -230,7 +236,7 @@ class ClientSession:
             self._set_timer("expire", delay, lambda: self.close(Disconnects.EXPIRED))
 
     def ttl(self) -> int:
-        return max(0, int(self.expire_at - time.time())) if self.expire_at else 0
+        return ttl_of(self.expire_at)
 
     def mark_connected(self) -> None:
         self.state = State.CONNECTED
@@ -461,6 +467,11 @@ async def verify_token(verifying: Awaitable[T], on_expired: Exception, on_invali
     if lifetime_over(getattr(claims, "expire_at", 0)):
         raise ReplyError(ErrorCode.EXPIRED, "the token's expire_at has passed")
     return claims
+
+
+def ttl_of(expire_at: int) -> int:
+    """Whole seconds left until `expire_at` (as Centrifuge counts them: `expire_at - now` in unix seconds)."""
+    return max(0, expire_at - int(time.time())) if expire_at else 0
 
 
 def channel_param(params: dict[str, Any]) -> str:

@@ -126,7 +126,10 @@ async def server_subscribe(
     return True
 
 
-def resolve_server_subs(s: ClientSession, subs: dict[str, SubOptions]) -> list[tuple[Subscription, SubOptions]]:
+ServerSubs = list[tuple[str, ChannelOptions, SubOptions]]
+
+
+def resolve_server_subs(s: ClientSession, subs: dict[str, SubOptions]) -> ServerSubs:
     """Check the server-side channels of a connection token before the connection is accepted: as in
     Centrifugo, only that each namespace exists (error 102) and that they fit `client.channel_limit` (3505).
     Permissions and name rules are for client-side subscribes: the backend chose these channels."""
@@ -137,19 +140,18 @@ def resolve_server_subs(s: ClientSession, subs: dict[str, SubOptions]) -> list[t
         opts = s.config.namespace_options(split_namespace(channel)[0])
         if opts is None:
             raise ReplyError(ErrorCode.UNKNOWN_CHANNEL, f"unknown namespace in server-side channel {channel!r}")
-        resolved.append((_server_side(s, channel, opts, options), options))
+        resolved.append((channel, opts, options))
     return resolved
 
 
-async def connect_server_subs(
-    s: ClientSession, subs: list[tuple[Subscription, SubOptions]], requested: Any
-) -> dict[str, Result]:
+async def connect_server_subs(s: ClientSession, subs: ServerSubs, requested: Any) -> dict[str, Result]:
     """Subscribe the accepted connection to its token's channels, recovering those the client names in the
     connect request's `subs` ({channel: {recover, epoch, offset}}). Results go into the connect reply; the
     subscriptions go live right after it. A failure here closes the connection (it is already accepted)."""
     wanted = requested if isinstance(requested, dict) else {}
     results: dict[str, Result] = {}
-    for sub, options in subs:
+    for channel, opts, options in subs:
+        sub = _server_side(s, channel, opts, options)
         ask = wanted.get(sub.channel)
         ask = ask if isinstance(ask, dict) else {}
         recover = sub.recoverable and ask.get("recover") is True
