@@ -108,9 +108,11 @@ class SqliteDb:
         self.path = path
         self._synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
+        self.created = False
 
     def open(self) -> None:
         prepare_data_dir(self.path.parent)
+        self.created = not self.path.exists()
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:

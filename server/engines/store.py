@@ -46,6 +46,8 @@ class Store:
     async def open(self) -> dict[str, LoadedStream]:
         """Open (creating if needed) the database and read back every live stream."""
         await self._run(self._db.open)
+        if self._db.created:
+            log.info("history store: created %s", self._db.path)
         return await self._run(self._db.load, time.time())
 
     def submit(self, op: Op, wait: bool = True) -> asyncio.Future[None] | None:
