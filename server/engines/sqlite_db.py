@@ -113,6 +113,14 @@ class SqliteDb:
     def open(self) -> None:
         prepare_data_dir(self.path.parent)
         self.created = not self.path.exists()
+        try:  # owner-only before SQLite opens it: its -wal and -shm files copy the database file's mode
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            for suffix in ("", "-wal", "-shm"):
+                extra = self.path.with_name(self.path.name + suffix)
+                if extra.exists():
+                    os.chmod(extra, stat.S_IRUSR | stat.S_IWUSR)
+        except OSError:
+            pass  # a read-only or odd location: SQLite itself gives the clear message below
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -129,8 +137,6 @@ class SqliteDb:
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(describe(self.path, exc)) from None
-        if self.path.exists():
-            os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
         self._conn = conn
 
     @property
