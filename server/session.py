@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 from . import __version__
 from .auth import Claims, KeysUnavailable, TokenExpired, TokenInvalid, TokenVerifier, lifetime_over
 from .config import Config
+from .engines import EngineError
 from .model import ClientInfo, Publication
 from .node import Node
 from .protocol import (
@@ -179,6 +180,10 @@ class ClientSession:
             return
         except ProtocolError as exc:
             self._protocol_violation(exc)
+            return
+        except EngineError as exc:
+            log.warning("client %s: %s: engine error: %s", self.client_id, cmd.method, exc)
+            self.enqueue(encode_error(cmd.id, ReplyError(ErrorCode.INTERNAL)))
             return
         except Exception:
             log.exception("client %s: %s failed", self.client_id, cmd.method)

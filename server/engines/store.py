@@ -72,7 +72,10 @@ class Store:
                 self.batches += 1
                 self.committed += len(batch)
                 for op, _ in batch:
-                    self._on_committed(op)
+                    try:
+                        self._on_committed(op)
+                    except Exception:  # a delivery problem must not leave publishers waiting forever
+                        log.exception("delivering committed publication to %s failed", op.channel)
                 for _, future in batch:
                     if future is not None and not future.done():
                         future.set_result(None)
