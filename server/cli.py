@@ -171,11 +171,9 @@ def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
     from .app import serve
 
     try:
-        build_verifiers(config)
-    except ConfigError as exc:
-        raise CommandError(f"config error: {exc}", 2) from None
-    try:
         clean = asyncio.run(serve(config))
+    except ConfigError as exc:  # keys that cannot be loaded: found while building the app, before listening
+        raise CommandError(f"config error: {exc}", 2) from None
     except OSError as exc:
         where = f"{config.http_server.address}:{config.http_server.port}"
         raise CommandError(f"cannot listen on {where}: {exc.strerror}") from None

@@ -352,10 +352,7 @@ class ClientSession:
         if self.subs.get(sub.channel) is not sub:
             return
         log.info("client %s: subscription to %s expired", self.client_id, sub.channel)
-        del self.subs[sub.channel]
-        code, reason = UNSUBSCRIBE_EXPIRED
-        self.enqueue(encode_unsubscribe_push(sub.channel, code, reason))
-        self.spawn(self.leave_channel(sub))
+        self._unsubscribe_with(sub.channel, UNSUBSCRIBE_EXPIRED)
 
     async def leave_channel(self, sub: Subscription, announce: bool = True) -> None:
         """Undo a subscription: hub entry, presence, then a leave event. Errors are logged, not raised."""
@@ -439,22 +436,23 @@ class ClientSession:
 
     def server_unsubscribe(self, channel: str) -> bool:
         """Unsubscribe by the server (HTTP API): push code 2000 "server unsubscribe"."""
-        sub = self.subs.pop(channel, None)
-        if sub is None:
-            return False
-        code, reason = UNSUBSCRIBE_SERVER
-        self.enqueue(encode_unsubscribe_push(channel, code, reason))
-        self.spawn(self.leave_channel(sub))
-        return True
+        return self._unsubscribe_with(channel, UNSUBSCRIBE_SERVER)
 
     def insufficient_state(self, sub: Subscription) -> None:
         """A gap in a positioned stream: unsubscribe with 2500 so the SDK resubscribes and recovers."""
         log.info("client %s: insufficient state in %s", self.client_id, sub.channel)
-        if self.subs.pop(sub.channel, None) is None:
-            return
-        code, reason = UNSUBSCRIBE_INSUFFICIENT_STATE
-        self.enqueue(encode_unsubscribe_push(sub.channel, code, reason))
+        self._unsubscribe_with(sub.channel, UNSUBSCRIBE_INSUFFICIENT_STATE)
+
+    def _unsubscribe_with(self, channel: str, code_reason: tuple[int, str]) -> bool:
+        """End the subscription to `channel` from the server side: an unsubscribe push with `code_reason`,
+        then cleanup. False when not subscribed."""
+        sub = self.subs.pop(channel, None)
+        if sub is None:
+            return False
+        code, reason = code_reason
+        self.enqueue(encode_unsubscribe_push(channel, code, reason))
         self.spawn(self.leave_channel(sub))
+        return True
 
 
 async def verify_token(verifying: Awaitable[T], on_expired: Exception, on_invalid: Exception | None = None) -> T:

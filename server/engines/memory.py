@@ -100,7 +100,7 @@ class MemoryEngine:
         if stream is None or expired:
             stream = self._streams[channel] = Stream(epoch=new_epoch())
             if self._store is not None:  # remember the epoch, so a restart keeps it
-                self._store.submit(Op(OpKind.META, channel, stream.epoch, 0, _wall(meta_ttl)), wait=False)
+                self._store.queue(Op(OpKind.META, channel, stream.epoch, 0, _wall(meta_ttl)))
         if meta_ttl > 0:
             stream.meta_expires_at = now + meta_ttl
         return stream
@@ -122,9 +122,7 @@ class MemoryEngine:
         epoch = stream.epoch
         op = Op(OpKind.PUBLISH, channel, epoch, pub.offset, _wall(opts.meta_ttl), pub, time.time() + opts.ttl,
                 opts.size)
-        committed = self._store.submit(op)
-        assert committed is not None
-        await committed
+        await self._store.submit(op)
         return StreamPosition(pub.offset, epoch)
 
     def _append(self, channel: str, stream: Stream, pub: Publication, ttl: float, size: int) -> None:
@@ -184,9 +182,7 @@ class MemoryEngine:
         if stream is not None:
             stream.items.clear()
         if self._store is not None:
-            committed = self._store.submit(Op(OpKind.REMOVE_HISTORY, channel))
-            assert committed is not None
-            await committed
+            await self._store.submit(Op(OpKind.REMOVE_HISTORY, channel))
 
     async def add_presence(self, channel: str, client_id: str, info: ClientInfo, ttl: float) -> None:
         self._presence.setdefault(channel, {})[client_id] = (info, self._now() + ttl)

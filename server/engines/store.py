@@ -1,11 +1,12 @@
 """Group commit to the SQLite history store, from the IOLoop side.
 
 `submit(op)` queues an operation and returns a future that resolves once the transaction holding it has
-committed. One batch is written at a time on the store's single writer thread; whatever is submitted while a
-batch is being written goes into the next one, so publications that arrive together share one transaction.
-After each commit, `on_committed` runs for every op of the batch in submission order (on the IOLoop), before
-the futures resolve. When a batch fails, that batch and everything queued behind it fail with `EngineError`
-and `on_failed` gets their ops, so the engine can take back offsets it had handed out.
+committed (`queue(op)` queues one nobody waits for). One batch is written at a time on the store's single
+writer thread; whatever is submitted while a batch is being written goes into the next one, so publications
+that arrive together share one transaction. After each commit, `on_committed` runs for every op of the batch
+in submission order (on the IOLoop), before the futures resolve. When a batch fails, that batch and everything
+queued behind it fail with `EngineError` and `on_failed` gets their ops, so the engine can take back offsets
+it had handed out.
 
 Owns: `Store`. May import: engines, engines.sqlite_db.
 """
@@ -37,8 +38,6 @@ class Store:
         self._pending: list[tuple[Op, asyncio.Future[None] | None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
-        self.batches = 0
-        self.committed = 0
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -50,15 +49,22 @@ class Store:
             log.info("history store: created %s", self._db.path)
         return await self._run(self._db.load, time.time())
 
-    def submit(self, op: Op, wait: bool = True) -> asyncio.Future[None] | None:
-        """Queue `op`; with `wait`, a future that resolves after its commit (or fails with `EngineError`)."""
+    def submit(self, op: Op) -> asyncio.Future[None]:
+        """Queue `op`: a future that resolves after its commit (or fails with `EngineError`)."""
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(op, future)
+        return future
+
+    def queue(self, op: Op) -> None:
+        """Queue `op` without waiting for its commit."""
+        self._enqueue(op, None)
+
+    def _enqueue(self, op: Op, future: asyncio.Future[None] | None) -> None:
         if self._closed:
             raise EngineError("history store is closed")
-        future = asyncio.get_running_loop().create_future() if wait else None
         self._pending.append((op, future))
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._write_batches())
-        return future
 
     async def _write_batches(self) -> None:
         try:
@@ -69,8 +75,6 @@ class Store:
                 except StoreError as exc:
                     self._fail(batch, exc)
                     continue
-                self.batches += 1
-                self.committed += len(batch)
                 for op, _ in batch:
                     try:
                         self._on_committed(op)
