@@ -16,12 +16,10 @@ import json
 import math
 import os
 import secrets
-import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import jwt
@@ -52,6 +50,7 @@ from server.app import Gust
 from server.config import DEVELOPMENT_PRESET
 
 from .conftest import SECRET
+from .nodejs import run_script
 
 pytestmark = pytest.mark.sdk
 
@@ -442,45 +441,16 @@ async def test_py_expired_token_at_connect(ws_url: str, gust: Gust) -> None:
 
 # --- JavaScript SDK ------------------------------------------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-JS_DIR = REPO_ROOT / "tests" / "js"
-JS_SCRIPT = JS_DIR / "auth.mjs"
 JS_TIMEOUT = 30.0
 
 
-def _require_node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: install Node.js 20+ and run `make install`")
-    if not (JS_DIR / "node_modules" / "centrifuge").is_dir() or not (JS_DIR / "node_modules" / "ws").is_dir():
-        pytest.skip("tests/js/node_modules is missing: run `make install` (npm ci in tests/js)")
-    return node
-
-
 async def run_js(ws_url: str, base_url: str, scenario: str, *args: str) -> list[dict[str, Any]]:
-    """Run auth.mjs without blocking the IOLoop (the server runs on it); return its JSON event lines."""
-    node = _require_node()
+    """Run auth.mjs `scenario`; return its JSON event lines."""
     env = dict(os.environ, GUST_SECRET=SECRET, GUST_API_URL=f"{base_url}/api", GUST_API_KEY=API_KEY,
                AUTH_USER=USER, AUTH_TOKEN_TTL_S=str(TOKEN_TTL))
-    proc = await asyncio.create_subprocess_exec(
-        node, str(JS_SCRIPT.relative_to(REPO_ROOT)), ws_url, scenario, *args,
-        cwd=REPO_ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = asyncio.gather(proc.stdout.read(), proc.stderr.read())
-    try:
-        await asyncio.wait_for(proc.wait(), JS_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        stdout, stderr = await readers
-        sys.stderr.write(stdout.decode(errors="replace") + stderr.decode(errors="replace"))
-        pytest.fail(f"auth.mjs {scenario} did not finish within {JS_TIMEOUT} s (killed)")
-    stdout, stderr = await readers
-    text = stdout.decode(errors="replace")
-    sys.stderr.write(text + stderr.decode(errors="replace"))  # shown by pytest when the test fails
-    assert proc.returncode == 0, f"auth.mjs {scenario} exited with {proc.returncode}"
+    code, text, stderr = await run_script("auth.mjs", ws_url, scenario, *args, timeout=JS_TIMEOUT, env=env)
+    sys.stderr.write(text + stderr)  # shown by pytest when the test fails
+    assert code == 0, f"auth.mjs {scenario} exited with {code}"
     events = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert events and events[-1]["event"] == "done", events[-1:] if events else text
     return events

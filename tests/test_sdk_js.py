@@ -2,65 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
-import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-JS_DIR = REPO_ROOT / "tests" / "js"
-SCRIPT = JS_DIR / "interop.mjs"
+from .nodejs import run_script
+
 SCRIPT_TIMEOUT = 40.0
-
-
-def _require_node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: install Node.js 20+ and run `make install`")
-    if not (JS_DIR / "node_modules" / "centrifuge").is_dir() or not (JS_DIR / "node_modules" / "ws").is_dir():
-        pytest.skip("tests/js/node_modules is missing: run `make install` (npm ci in tests/js)")
-    return node
-
-
-async def _run_script(node: str, ws_url: str, channel: str) -> tuple[int, str, str]:
-    """Run the script without blocking the IOLoop (the server under test runs on it); kill it on timeout."""
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        str(SCRIPT.relative_to(REPO_ROOT)),
-        ws_url,
-        channel,
-        cwd=REPO_ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    # Read both pipes to the end in the background, so the whole log is kept even if the script is killed.
-    readers = asyncio.gather(proc.stdout.read(), proc.stderr.read())
-    try:
-        await asyncio.wait_for(proc.wait(), SCRIPT_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        _, stderr = await readers
-        sys.stderr.write(stderr.decode(errors="replace"))
-        pytest.fail(f"interop.mjs did not finish within {SCRIPT_TIMEOUT} s (killed; its log is in the captured stderr)")
-    stdout, stderr = await readers
-    assert proc.returncode is not None
-    return proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
 
 @pytest.mark.sdk
 @pytest.mark.gen_test(timeout=60)
 async def test_centrifuge_js_sdk_interop(ws_url: str) -> None:
-    node = _require_node()
     channel = f"chat:js-{secrets.token_hex(4)}"
-    code, stdout, stderr = await _run_script(node, ws_url, channel)
+    code, stdout, stderr = await run_script("interop.mjs", ws_url, channel, timeout=SCRIPT_TIMEOUT)
     sys.stderr.write(stderr)  # the script's step log: shown by pytest when the test fails (or with -s)
     assert code == 0, f"interop.mjs exited with {code} (see its log in the captured stderr)"
 
