@@ -30,14 +30,6 @@ import orjson
 import pytest
 from centrifuge import (
     Client,
-    ClientEventHandler,
-    ConnectedContext,
-    ConnectingContext,
-    Publication,
-    PublicationContext,
-    SubscribedContext,
-    SubscribingContext,
-    SubscriptionEventHandler,
 )
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
@@ -47,6 +39,7 @@ from server.config import Config
 from server.engines import HISTORY_FILE
 
 from .procs import API_KEY, Api, GateProxy, GustProcess, chat_namespace
+from .sdkevents import ClientEvents, SubEvents
 from .wsclient import RawClient
 
 SHUTDOWN_TIMEOUT = 10.0
@@ -221,34 +214,6 @@ def test_sigkill_while_publishing_loses_nothing_acknowledged(tmp_path: Path, pro
 
 
 # --- 2. An SDK subscriber recovers across a SIGKILL + restart ------------------------------------------------
-
-
-class ClientEvents(ClientEventHandler):
-    def __init__(self) -> None:
-        self.connected: asyncio.Queue[ConnectedContext] = asyncio.Queue()
-        self.connecting: list[ConnectingContext] = []
-
-    async def on_connecting(self, ctx: ConnectingContext) -> None:
-        self.connecting.append(ctx)
-
-    async def on_connected(self, ctx: ConnectedContext) -> None:
-        self.connected.put_nowait(ctx)
-
-
-class SubEvents(SubscriptionEventHandler):
-    def __init__(self) -> None:
-        self.subscribing: list[SubscribingContext] = []
-        self.subscribed: asyncio.Queue[SubscribedContext] = asyncio.Queue()
-        self.pubs: asyncio.Queue[Publication] = asyncio.Queue()
-
-    async def on_subscribing(self, ctx: SubscribingContext) -> None:
-        self.subscribing.append(ctx)
-
-    async def on_subscribed(self, ctx: SubscribedContext) -> None:
-        self.subscribed.put_nowait(ctx)
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        self.pubs.put_nowait(ctx.pub)
 
 
 async def poll(condition: Any, timeout: float, what: str) -> None:

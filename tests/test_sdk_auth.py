@@ -27,22 +27,11 @@ import orjson
 import pytest
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
     ConnectedContext,
-    ConnectingContext,
-    DisconnectedContext,
-    ErrorContext,
-    Publication,
-    PublicationContext,
     ReplyError,
-    SubscribedContext,
-    SubscribingContext,
-    SubscriptionErrorContext,
-    SubscriptionEventHandler,
     SubscriptionState,
     UnauthorizedError,
-    UnsubscribedContext,
 )
 from tornado.httpclient import AsyncHTTPClient
 
@@ -51,12 +40,12 @@ from server.config import DEVELOPMENT_PRESET
 
 from .conftest import SECRET
 from .nodejs import run_script
+from .sdkevents import WAIT, ClientEvents, SubEvents, next_event
 
 pytestmark = pytest.mark.sdk
 
 T = TypeVar("T")
 
-WAIT = 5.0
 TOKEN_TTL = 2  # seconds a refreshable token lives
 GRACE = 1.5  # client.expired_close_delay and client.expired_sub_close_delay (see the module docstring)
 USER = "alice"
@@ -99,10 +88,6 @@ def subscription_token(channel: str, exp: int, user: str = USER) -> str:
     return jwt.encode({"sub": user, "channel": channel, "exp": exp}, SECRET, algorithm="HS256")
 
 
-async def next_event(queue: asyncio.Queue[T], timeout: float = WAIT) -> T:
-    return await asyncio.wait_for(queue.get(), timeout)
-
-
 async def api_publish(base_url: str, channel: str, data: Any) -> None:
     """Publish through the server HTTP API (not through a client connection)."""
     resp = await AsyncHTTPClient().fetch(
@@ -128,58 +113,6 @@ async def sleep_until(start: float, offset: float) -> None:
     """Sleep until `offset` seconds after `start` (a loop.time() value)."""
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, start + offset - loop.time()))
-
-
-class ClientEvents(ClientEventHandler):
-    """Records every client-level event (in lists, and in queues to await)."""
-
-    def __init__(self) -> None:
-        self.connected: asyncio.Queue[ConnectedContext] = asyncio.Queue()
-        self.connecting: list[ConnectingContext] = []
-        self.connecting_at: list[float] = []
-        self.disconnected: list[DisconnectedContext] = []
-        self.disconnected_q: asyncio.Queue[DisconnectedContext] = asyncio.Queue()
-        self.errors: list[ErrorContext] = []
-
-    async def on_connecting(self, ctx: ConnectingContext) -> None:
-        self.connecting.append(ctx)
-        self.connecting_at.append(time.time())
-
-    async def on_connected(self, ctx: ConnectedContext) -> None:
-        self.connected.put_nowait(ctx)
-
-    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
-        self.disconnected.append(ctx)
-        self.disconnected_q.put_nowait(ctx)
-
-    async def on_error(self, ctx: ErrorContext) -> None:
-        self.errors.append(ctx)
-
-
-class SubEvents(SubscriptionEventHandler):
-    def __init__(self) -> None:
-        self.subscribing: list[SubscribingContext] = []
-        self.subscribing_at: list[float] = []
-        self.subscribed: asyncio.Queue[SubscribedContext] = asyncio.Queue()
-        self.unsubscribed: asyncio.Queue[UnsubscribedContext] = asyncio.Queue()
-        self.pubs: asyncio.Queue[Publication] = asyncio.Queue()
-        self.errors: list[SubscriptionErrorContext] = []
-
-    async def on_subscribing(self, ctx: SubscribingContext) -> None:
-        self.subscribing.append(ctx)
-        self.subscribing_at.append(time.time())
-
-    async def on_subscribed(self, ctx: SubscribedContext) -> None:
-        self.subscribed.put_nowait(ctx)
-
-    async def on_unsubscribed(self, ctx: UnsubscribedContext) -> None:
-        self.unsubscribed.put_nowait(ctx)
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        self.pubs.put_nowait(ctx.pub)
-
-    async def on_error(self, ctx: SubscriptionErrorContext) -> None:
-        self.errors.append(ctx)
 
 
 def error_codes(errors: list[Any]) -> list[tuple[int, int | None]]:

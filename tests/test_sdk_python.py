@@ -18,41 +18,25 @@ import jwt
 import pytest
 from centrifuge import (
     Client,
-    ClientEventHandler,
     ClientState,
     ConnectedContext,
-    ConnectingContext,
-    DisconnectedContext,
-    ErrorContext,
-    JoinContext,
-    LeaveContext,
-    Publication,
-    PublicationContext,
     ReplyError,
     StreamPosition,
     SubscribedContext,
-    SubscribingContext,
-    SubscriptionErrorContext,
-    SubscriptionEventHandler,
     SubscriptionState,
     SubscriptionUnsubscribedError,
-    UnsubscribedContext,
 )
 
 from server.app import Gust
 from server.protocol import Disconnects
 
 from .conftest import SECRET
+from .sdkevents import ClientEvents, SubEvents, next_event
 
 pytestmark = pytest.mark.sdk
 
 T = TypeVar("T")
 
-WAIT = 5.0
-
-
-async def next_event(queue: asyncio.Queue[T], timeout: float = WAIT) -> T:
-    return await asyncio.wait_for(queue.get(), timeout)
 
 
 def assert_empty(queue: asyncio.Queue[Any]) -> None:
@@ -60,75 +44,6 @@ def assert_empty(queue: asyncio.Queue[Any]) -> None:
     while not queue.empty():
         leftover.append(queue.get_nowait())
     assert not leftover, f"unexpected events: {leftover}"
-
-
-class ClientEvents(ClientEventHandler):
-    """Records every client-level event; `connected` is a queue to await."""
-
-    def __init__(self) -> None:
-        self.connected: asyncio.Queue[ConnectedContext] = asyncio.Queue()
-        self.connecting: list[ConnectingContext] = []
-        self.disconnected: list[DisconnectedContext] = []
-        self.errors: list[ErrorContext] = []
-
-    async def on_connecting(self, ctx: ConnectingContext) -> None:
-        self.connecting.append(ctx)
-
-    async def on_connected(self, ctx: ConnectedContext) -> None:
-        self.connected.put_nowait(ctx)
-
-    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
-        self.disconnected.append(ctx)
-
-    async def on_error(self, ctx: ErrorContext) -> None:
-        self.errors.append(ctx)
-
-
-class SubEvents(SubscriptionEventHandler):
-    """Records every subscription event in queues, in arrival order."""
-
-    def __init__(self) -> None:
-        self.subscribing: asyncio.Queue[SubscribingContext] = asyncio.Queue()
-        self.subscribed: asyncio.Queue[SubscribedContext] = asyncio.Queue()
-        self.unsubscribed: asyncio.Queue[UnsubscribedContext] = asyncio.Queue()
-        self.pubs: asyncio.Queue[Publication] = asyncio.Queue()
-        self.joins: asyncio.Queue[JoinContext] = asyncio.Queue()
-        self.leaves: asyncio.Queue[LeaveContext] = asyncio.Queue()
-        self.errors: list[SubscriptionErrorContext] = []
-
-    async def on_subscribing(self, ctx: SubscribingContext) -> None:
-        self.subscribing.put_nowait(ctx)
-
-    async def on_subscribed(self, ctx: SubscribedContext) -> None:
-        self.subscribed.put_nowait(ctx)
-
-    async def on_unsubscribed(self, ctx: UnsubscribedContext) -> None:
-        self.unsubscribed.put_nowait(ctx)
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        self.pubs.put_nowait(ctx.pub)
-
-    async def on_join(self, ctx: JoinContext) -> None:
-        self.joins.put_nowait(ctx)
-
-    async def on_leave(self, ctx: LeaveContext) -> None:
-        self.leaves.put_nowait(ctx)
-
-    async def on_error(self, ctx: SubscriptionErrorContext) -> None:
-        self.errors.append(ctx)
-
-    async def join_of(self, client_id: str) -> JoinContext:
-        """The next join event for `client_id` (joins of other clients, e.g. our own, are skipped)."""
-        while True:
-            ctx = await next_event(self.joins)
-            if ctx.info.client == client_id:
-                return ctx
-
-    async def leave_of(self, client_id: str) -> LeaveContext:
-        while True:
-            ctx = await next_event(self.leaves)
-            if ctx.info.client == client_id:
-                return ctx
 
 
 def unique_channel() -> str:
@@ -320,7 +235,7 @@ async def test_recovery_after_server_side_drop(ws_url: str, gust: Gust) -> None:
         assert reconnected.client != a_ctx.client
         assert [(c.code, c.reason) for c in a_events.connecting] == [(0, "connect called"), (3001, "shutdown")]
 
-        resubscribing = [await next_event(a_sub_events.subscribing) for _ in range(2)]
+        resubscribing = [await next_event(a_sub_events.subscribing_q) for _ in range(2)]
         assert [c.code for c in resubscribing] == [0, 1]  # subscribe called, then transport closed
 
         again = await next_event(a_sub_events.subscribed)
