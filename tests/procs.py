@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from server.config import deep_merge
+
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "k"
 SECRET = "durability-secret-key-long-enough-for-hs256"
@@ -57,16 +59,6 @@ def base_config(port: int, data_dir: Path | str) -> dict[str, Any]:
     }
 
 
-def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_update(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 class GustProcess:
     """One server configuration (one data_dir) that can be started several times, one run at a time."""
 
@@ -86,7 +78,7 @@ class GustProcess:
 
     def write_config(self) -> Path:
         self.port = free_port()
-        config = deep_update(base_config(self.port, self.data_dir), self.extra)
+        config = deep_merge(base_config(self.port, self.data_dir), self.extra)
         self.config_path.write_text(json.dumps(config))
         os.chmod(self.config_path, 0o644)
         return self.config_path
