@@ -19,12 +19,14 @@ import tornado.web
 
 from .api import ApiHandler
 from .auth import build_verifiers
+from .chat import chat_routes
+from .chat_setup import ChatSetup, prepare_chat
 from .config import Config
 from .engines import create_engine
 from .handlers import HANDLERS
 from .lifecycle import Drain
 from .node import Node
-from .pages import HealthHandler, IndexHandler
+from .pages import HealthHandler, IndexHandler, StaticFiles
 from .protocol import Disconnects
 from .session import ClientSession
 from .websocket import WebSocketHandler
@@ -39,6 +41,10 @@ class Gust:
     """One Gust node: engine + node + the Tornado application that serves it."""
 
     def __init__(self, config: Config) -> None:
+        self.chat: ChatSetup | None = None
+        if config.chat.enabled:  # may add the chat namespace and a generated token key to the config
+            self.chat = prepare_chat(config)
+            config = self.chat.config
         self.config = config
         self.node = Node(config, create_engine(config))
         self.verifier, self.sub_verifier = build_verifiers(config)
@@ -65,20 +71,28 @@ class Gust:
         ws_kwargs: dict[str, Any] = {
             "node": self.node, "verifier": self.verifier, "sub_verifier": self.sub_verifier, "handlers": HANDLERS,
             "drain": self.drain}
-        return [
-            tornado.web.url(prefix + r"/connection/websocket", WebSocketHandler, ws_kwargs),
+        rules = [
+            tornado.web.url(prefix + r"/connection/websocket", WebSocketHandler, ws_kwargs, name="websocket"),
             tornado.web.url(prefix + r"/api/([a-z_]+)", ApiHandler, {"node": self.node, "drain": self.drain}),
             tornado.web.url(prefix + r"/health", HealthHandler),
-            tornado.web.url(prefix + r"/", IndexHandler, {"node": self.node}),
         ]
+        if self.chat is not None:
+            return rules + chat_routes(prefix, self.node, self.chat)
+        return [*rules, tornado.web.url(prefix + r"/", IndexHandler, {"node": self.node})]
 
     def make_app(self) -> tornado.web.Application:
+        settings: dict[str, Any] = {}
+        if self.chat is not None:
+            settings.update(cookie_secret=self.chat.cookie_secret, xsrf_cookies=True,
+                            xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"})
         return tornado.web.Application(
             self.routes(),
             static_path=str(STATIC_DIR),
+            static_handler_class=StaticFiles,
             template_path=str(PACKAGE_DIR / "templates"),
             websocket_max_message_size=WEBSOCKET_MAX_MESSAGE_SIZE,
             xheaders=False,
+            **settings,
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__
 from .auth import KeysUnavailable, TokenError, TokenExpired, TokenVerifier, build_verifiers, make_connection_token
+from .chat_setup import ChatSetupError
 from .config import Config, ConfigError, load_config
 from .engines import EngineError
 
@@ -167,7 +168,7 @@ def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
     configure_logging(config.log_level)
     if config.development:
         logging.getLogger("gust").warning(
-            "no config file given: development setup (anonymous clients, namespace 'chat'); not for production")
+            "no config file given: development setup (chat pages at /, anonymous clients, namespace 'chat'); not for production")
     from .app import serve
 
     try:
@@ -177,7 +178,7 @@ def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
     except OSError as exc:
         where = f"{config.http_server.address}:{config.http_server.port}"
         raise CommandError(f"cannot listen on {where}: {exc.strerror}") from None
-    except EngineError as exc:
+    except (EngineError, ChatSetupError) as exc:
         raise CommandError(f"cannot start: {exc}") from None
     if not clean:
         raise CommandError(f"shutdown took longer than shutdown.timeout ({config.shutdown.timeout:g} s)")

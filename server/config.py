@@ -22,6 +22,7 @@ DURATION = {"duration": True}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 NAMESPACE_NAME_RE = re.compile(r"^[-a-zA-Z0-9_]{2,}$")
+ROOM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # chat rooms: the part after the chat namespace
 ENGINE_TYPES = ("memory",)
 
 
@@ -179,6 +180,20 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class ChatConfig:
+    """The bundled chat web app (`server/chat.py`): pages at `/`, rooms are channels of `namespace`."""
+
+    enabled: bool = False
+    namespace: str = "room"  # added with the options the chat needs when it is not configured
+    default_rooms: tuple[str, ...] = ("lobby",)
+    cookie_secret: str = ""  # empty: generated on first run and kept in data_dir/cookie_secret (0600)
+    token_ttl: float = dur(600.0)  # lifetime of the connection tokens the pages mint (refreshed by the page)
+    max_message_length: int = 1000  # characters
+    message_rate_burst: int = 5  # messages a user may send at once...
+    message_rate_per_minute: int = 30  # ...and on average
+
+
+@dataclass(frozen=True)
 class ShutdownConfig:
     timeout: float = dur(30.0)
 
@@ -191,6 +206,7 @@ class Config:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
     data_dir: str = "var"
     log_level: str = "info"
     development: bool = False
@@ -205,6 +221,7 @@ class Config:
 # The development setup `make run` starts when no configuration file is given at all.
 DEVELOPMENT_PRESET: dict[str, Any] = {
     "development": True,
+    "chat": {"enabled": True},
     "client": {"allow_anonymous_connect_without_token": True},
     "channel": {
         "namespaces": [
@@ -436,5 +453,19 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}.name", f"duplicate namespace {ns.name!r}")
         seen.add(ns.name)
         _validate_channel_options(ns, key)
+    _validate_chat(config.chat)
+
+
+def _validate_chat(chat: ChatConfig) -> None:
+    if not NAMESPACE_NAME_RE.match(chat.namespace):
+        raise ConfigError("chat.namespace", f"expected a name matching {NAMESPACE_NAME_RE.pattern}")
+    for name in ("max_message_length", "message_rate_burst", "message_rate_per_minute"):
+        if getattr(chat, name) <= 0:
+            raise ConfigError(f"chat.{name}", "must be positive")
+    if chat.token_ttl < 30:
+        raise ConfigError("chat.token_ttl", "must be at least 30s")
+    for room in chat.default_rooms:
+        if not ROOM_NAME_RE.fullmatch(room):
+            raise ConfigError("chat.default_rooms", f"{room!r} is not a room name matching {ROOM_NAME_RE.pattern}")
 
 

@@ -23,3 +23,10 @@ class HealthHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.write({"status": "ok"})
+
+
+class StaticFiles(tornado.web.StaticFileHandler):
+    """`/static/`: the browser must not guess content types (our scripts are served as JavaScript only)."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")

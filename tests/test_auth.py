@@ -48,6 +48,7 @@ def pem(private_key: Any) -> str:
 NAMESPACES = [*DEVELOPMENT_PRESET["channel"]["namespaces"], {"name": "priv"},
               {"name": "pres", "presence": True, "allow_presence_for_subscriber": True}]
 BASE: dict[str, Any] = {
+    "chat": {"enabled": False},  # the chat mints HS256 tokens: it refuses RSA/ECDSA/JWKS-only configs
     "http_api": {"key": API_KEY},
     "channel": {"namespaces": NAMESPACES},
     "client": {"expired_close_delay": 0.2, "expired_sub_close_delay": 0.2},
@@ -451,7 +452,7 @@ def test_bad_public_key_is_a_config_error(section: str, option: str, value: str)
     if section == "subscription_token":
         settings["enabled"] = True
     with pytest.raises(ConfigError) as info:
-        Gust(make_config({"client": {section: settings}}))
+        Gust(make_config({"client": {section: settings}, "chat": {"enabled": False}}))
     assert info.value.key == f"client.{section}.{option}"
     assert f"client.{section}.{option}" in str(info.value)
 

@@ -294,7 +294,7 @@ async def test_round_trip_genconfig_checkconfig_serve_and_connect(tmp_path: Path
     log = log_path.open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server", "serve", "--config", str(path), "--port", str(port),
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     client: RawClient | None = None
     try:

@@ -200,14 +200,14 @@ async def test_expired_connection_token_is_109(client_factory) -> None:
 @pytest.mark.gen_test
 @pytest.mark.parametrize(
     "config_overrides",
-    [{"channel": {"namespaces": [{"name": "room", "channel_regex": "^[a-z]+$", "allow_subscribe_for_client": True,
+    [{"channel": {"namespaces": [{"name": "rx", "channel_regex": "^[a-z]+$", "allow_subscribe_for_client": True,
                                   "allow_subscribe_for_anonymous": True}]}}],
 )
 async def test_channel_regex_mismatch_is_107(client_factory, config_overrides) -> None:
     client = await client_factory()
     await client.connect()
-    assert await _subscribe(client, "room:lobby")
-    reply = await client.command("subscribe", {"channel": "room:Lobby1"})
+    assert await _subscribe(client, "rx:lobby")
+    reply = await client.command("subscribe", {"channel": "rx:Lobby1"})
     assert reply["error"]["code"] == 107
 
 
