@@ -71,7 +71,7 @@ class Gust:
         ws_kwargs: dict[str, Any] = {
             "node": self.node, "verifier": self.verifier, "sub_verifier": self.sub_verifier, "handlers": HANDLERS,
             "drain": self.drain}
-        rules = [
+        rules: list[tornado.routing.Rule] = [
             tornado.web.url(prefix + r"/connection/websocket", WebSocketHandler, ws_kwargs, name="websocket"),
             tornado.web.url(prefix + r"/api/([a-z_]+)", ApiHandler, {"node": self.node, "drain": self.drain}),
             tornado.web.url(prefix + r"/health", HealthHandler),

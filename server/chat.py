@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+import tornado.routing
 import tornado.web
 
 from .auth import make_connection_token
@@ -50,7 +52,7 @@ def nickname_problem(nick: str) -> str:
 class RateLimiter:
     """A token bucket per user: `burst` messages at once, refilled at `per_minute` per minute."""
 
-    def __init__(self, burst: int, per_minute: int, clock: Any = time.monotonic) -> None:
+    def __init__(self, burst: int, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.burst = float(burst)
         self.rate = per_minute / 60.0
         self.clock = clock
@@ -238,7 +240,7 @@ class MessagesHandler(ChatHandler):
         self.write_json({"offset": position.offset, "epoch": position.epoch})
 
 
-def chat_routes(prefix: str, node: Node, setup: ChatSetup) -> list[tornado.web.URLSpec]:
+def chat_routes(prefix: str, node: Node, setup: ChatSetup) -> list[tornado.routing.Rule]:
     chat = setup.config.chat
     kwargs = {"node": node, "setup": setup,
               "limiter": RateLimiter(chat.message_rate_burst, chat.message_rate_per_minute)}

@@ -168,7 +168,8 @@ def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
     configure_logging(config.log_level)
     if config.development:
         logging.getLogger("gust").warning(
-            "no config file given: development setup (chat pages at /, anonymous clients, namespace 'chat'); not for production")
+            "no config file given: development setup (chat pages at /, anonymous clients, namespace 'chat'); "
+            "not for production")
     from .app import serve
 
     try:

@@ -45,7 +45,7 @@ class Session:
             cookie: SimpleCookie = SimpleCookie()
             cookie.load(header)
             for name, morsel in cookie.items():
-                if morsel["expires"] and "1970" in morsel["expires"] or not morsel.value:
+                if not morsel.value or "1970" in morsel["expires"]:
                     self.cookies.pop(name, None)
                 else:
                     self.cookies[name] = morsel.value
