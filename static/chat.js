@@ -14,7 +14,7 @@ const ui = {
   title: $("room-title"), status: $("status"), statusText: $("status-text"), rooms: $("room-list"),
   joinForm: $("join-form"), joinInput: $("join-room"), joinError: $("join-error"), messages: $("messages"),
   empty: $("empty"), composer: $("composer"), text: $("text"), send: $("send"), counter: $("counter"),
-  sendError: $("send-error"), online: $("online"), onlineCount: $("online-count"),
+  sendError: $("send-error"), banner: $("banner"), online: $("online"), onlineCount: $("online-count"),
   roomsPanel: $("rooms-panel"), peoplePanel: $("people-panel"),
   toggleRooms: $("toggle-rooms"), togglePeople: $("toggle-people"),
 };
@@ -49,7 +49,13 @@ function showStatus(state) {
   };
   ui.status.dataset.state = state;
   ui.statusText.textContent = labels[state];
-  ui.send.disabled = state !== "connected";
+  const banners = {
+    reconnecting: "Connection lost. Reconnecting… messages sent meanwhile will be filled in.",
+    offline: "You are offline. Messages will be filled in when the connection is back.",
+  };
+  ui.banner.textContent = banners[state] || "";
+  ui.banner.hidden = !banners[state];
+  ui.peoplePanel.classList.toggle("stale", state !== "connected");
 }
 
 client.on("state", ({ newState }) => {
@@ -58,9 +64,12 @@ client.on("state", ({ newState }) => {
     showStatus("connected");
   } else if (newState === "connecting") {
     showStatus(everConnected ? "reconnecting" : "connecting");
-  } else {
-    showStatus("offline");
   }
+});
+client.on("disconnected", ({ reason }) => {
+  // Terminal: the server does not want this connection back (the client does not retry).
+  showStatus("offline");
+  ui.banner.textContent = `Disconnected by the server (${reason}). Reload the page to connect again.`;
 });
 window.addEventListener("offline", () => showStatus("offline"));
 
@@ -302,7 +311,10 @@ function updateCounter() {
   ui.counter.classList.toggle("over", length > maxLength);
 }
 
-async function send() {
+// Messages are posted one after another, so that they keep the order they were typed in.
+let sending = Promise.resolve();
+
+function send() {
   const text = ui.text.value.trim();
   if (!text) return;
   if (text.length > maxLength) {
@@ -310,9 +322,16 @@ async function send() {
     return;
   }
   hideError(ui.sendError);
-  ui.send.disabled = true;
+  ui.text.value = "";
+  updateCounter();
+  autosize();
+  const roomName = room.name;
+  sending = sending.then(() => post(roomName, text));
+}
+
+async function post(roomName, text) {
   try {
-    const resp = await fetch(cfg.messagesUrl.replace("__room__", encodeURIComponent(room.name)), {
+    const resp = await fetch(cfg.messagesUrl.replace("__room__", encodeURIComponent(roomName)), {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-XSRFToken": cfg.xsrf },
       body: JSON.stringify({ text }),
@@ -320,17 +339,19 @@ async function send() {
     if (resp.status === 401) { location.assign(cfg.loginUrl); return; }
     if (!resp.ok) {
       const body = await resp.json().catch(() => ({}));
-      showError(ui.sendError, body.error?.message || `Sending failed (${resp.status}). Please try again.`);
-      return;
+      failed(text, body.error?.message || `Sending failed (${resp.status}). Please try again.`);
     }
-    ui.text.value = "";
+  } catch (err) {
+    failed(text, "You seem to be offline: the message was not sent.");
+  }
+}
+
+function failed(text, message) {
+  showError(ui.sendError, message);
+  if (!ui.text.value && room.name) { // give the text back, so nothing typed is lost
+    ui.text.value = text;
     updateCounter();
     autosize();
-  } catch (err) {
-    showError(ui.sendError, "You seem to be offline: the message was not sent.");
-  } finally {
-    ui.send.disabled = client.state !== "connected";
-    ui.text.focus();
   }
 }
 
