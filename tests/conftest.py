@@ -13,6 +13,7 @@ import tornado.web
 from server.app import Gust
 from server.config import DEVELOPMENT_PRESET, Config, deep_merge, from_dict
 
+from .browser import browser  # noqa: F401  (the real-Chromium fixture, for the browser tests)
 from .wsclient import RawClient
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"

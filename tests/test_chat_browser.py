@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .browser import browser, screenshot  # noqa: F401  (the fixture)
+from .browser import screenshot
 from .procs import Api, GustProcess
 
 pytestmark = pytest.mark.browser
@@ -87,7 +87,8 @@ class ChatPage:
             arg=text, timeout=WAIT_MS)
 
     def texts(self) -> list[str]:
-        return list(self.page.eval_on_selector_all("#messages li.message .bubble", "els => els.map(e => e.textContent)"))
+        return list(self.page.eval_on_selector_all("#messages li.message .bubble",
+                                                   "els => els.map(e => e.textContent)"))
 
     def online(self) -> list[str]:
         return list(self.page.eval_on_selector_all("#online li", "els => els.map(e => e.firstChild.textContent)"))
@@ -102,7 +103,7 @@ class ChatPage:
 
 
 @pytest.fixture
-def people(browser: Any, server: GustProcess) -> Iterator[Any]:  # noqa: F811
+def people(browser: Any, server: GustProcess) -> Iterator[Any]:
     opened: list[ChatPage] = []
 
     def open_page(viewport: dict[str, int] | None = None) -> ChatPage:
