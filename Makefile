@@ -30,6 +30,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(PY) -m bench.fanout $(ARGS)
 	$(PY) -m bench.publish $(ARGS)
 
 lint: $(STAMP)

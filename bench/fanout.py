@@ -1,0 +1,333 @@
+"""Fan-out benchmark suite (issue #8): Gust against two peers, a naive Tornado broadcast server and the
+`websockets` library's `broadcast()`, in the same run, each in its own process, started afresh per scenario.
+
+This process is the load generator (`bench/loadgen.py`: raw asyncio WebSocket clients and keep-alive HTTP
+publishers). Every server gets the same flow: each client sends `connect` + `subscribe` in one frame, and
+publications go to `POST /api/publish` as `{"channel", "data": {"s": seq, "t": monotonic ns}}` over keep-alive
+connections (Gust's real server API; a minimal endpoint on the peers). Gust runs gustproc's config: the
+"fan" namespace (no history, so no offsets and no SQLite; persistence "none"), anonymous connect allowed.
+
+Scenarios: fan-out to 1000 subscribers of one channel, as fast as possible (each publisher waits while more
+than `window` deliveries are outstanding) and at 20 publications/s; many channels with 4 subscribers each;
+API publish throughput (4 publishers, one subscriber); idle connections (connect+subscribe handshakes/s from a
+burst with bounded concurrency, then server memory per connected, subscribed, idle client).
+
+Figures: server CPU µs per delivery = server process CPU time (all threads, /proc schedstat) over the measured
+window ÷ deliveries; latency = receive time − publish time (same host, monotonic clock); lost = expected −
+received deliveries; memory per connection = (RSS with N idle clients − RSS before) ÷ N. The generator's own
+CPU is reported too, and flagged when it was near a full core (then rates and latencies are the generator's).
+
+Run: `make bench` or `.venv/bin/python -m bench.fanout [--quick] [--servers gust,websockets] [--only idle]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+from .loadgen import Publisher, Stats, WsClient, open_clients
+from .servers import SERVERS, Target, raise_nofile, start
+
+SATURATED = 0.9  # generator CPU, in cores, from which a run is flagged
+
+
+@dataclass(frozen=True)
+class Traffic:
+    name: str
+    conns: int
+    channels: int
+    publishers: int
+    rate: float | None  # publications/s; None = as fast as the delivery window allows
+    max_pubs: int
+    seconds: float
+    window: int  # deliveries a publisher lets be outstanding before it waits
+    per: str = "delivery"  # what the rate and the CPU figure count: "delivery" or "publication"
+
+
+@dataclass(frozen=True)
+class Idle:
+    name: str
+    conns: int
+    concurrency: int
+    settle: float  # seconds between the last handshake and the memory reading
+
+
+Scenario = Traffic | Idle
+
+
+@dataclass
+class Result:
+    scenario: str
+    server: str
+    per: str
+    rate: float = 0.0
+    cpu_us: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    lost: int | None = None
+    kib_per_conn: float | None = None
+    gen_cores: float = 0.0
+    gen_us: float = 0.0
+    fixed_rate: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def scenarios(quick: bool, idle_conns: int | None) -> list[Scenario]:
+    q = quick
+    idle = idle_conns or (1000 if q else 15000)
+    return [
+        Traffic("fan-out 1000 subs, max rate", 1000, 1, 1, None, 200 if q else 3000, 1.5 if q else 10, 4000),
+        Traffic("fan-out 1000 subs, 20 pub/s", 1000, 1, 1, 20.0, 30 if q else 200, 1.5 if q else 10, 1 << 40),
+        Traffic(f"{256 if q else 512} channels × 4 subs, max rate", 1024 if q else 2048, 256 if q else 512, 4,
+                None, 4000 if q else 40000, 1.5 if q else 8, 400),
+        Traffic("API publish, 4 HTTP conns", 4, 4, 4, None, 4000 if q else 40000, 1.5 if q else 6, 64,
+                per="publication"),
+        Idle(f"idle {idle} conns", idle, 100, 1.0 if q else 2.0),
+    ]
+
+
+def percentile(sorted_ns: list[int], q: float) -> float:
+    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1e6 if sorted_ns else float("nan")
+
+
+def close_all(clients: list[WsClient]) -> None:
+    for client in clients:
+        client.abort()
+
+
+async def run_traffic(target: Target, sc: Traffic) -> Result:
+    assert sc.channels % sc.publishers == 0, "each publisher needs its own channels"
+    stats = Stats()
+    names = [f"{target.channel_prefix}c{i}" for i in range(sc.channels)]
+    clients, failures, _ = await open_clients(
+        stats, target.ws_port, target.ws_path, [[names[i % sc.channels]] for i in range(sc.conns)], 100)
+    result = Result(sc.name, target.name, sc.per, fixed_rate=sc.rate is not None)
+    if failures:
+        result.notes.append(f"{failures} handshakes failed")
+    per_channel = Counter(c.channels[0] for c in clients)
+    publishers = [await Publisher.open(target.api_port, target.api_headers) for _ in range(sc.publishers)]
+    await asyncio.sleep(0.3)
+    seq = expected = published = 0
+    stalled = False
+    t0_ns = time.monotonic_ns()
+    t0, cpu0, gen0 = time.monotonic(), target.cpu_seconds(), time.process_time()
+    deadline = t0 + sc.seconds
+
+    async def publish_loop(j: int, publisher: Publisher) -> None:
+        # Publisher j takes channels j, j + P, j + 2P, ...: one publisher per channel keeps each channel's
+        # sequence numbers in order, so any disorder seen is the server's.
+        nonlocal seq, expected, published, stalled
+        mine = names[j::sc.publishers]
+        i = 0
+        while seq < sc.max_pubs and time.monotonic() < deadline and not stalled:
+            k = seq
+            seq += 1
+            channel = mine[i % len(mine)]
+            i += 1
+            if sc.rate:
+                delay = t0 + k / sc.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif not await stats.wait_delivered(expected - sc.window, 5.0):
+                stalled = True
+                return
+            expected += per_channel[channel]
+            await publisher.publish(channel, k)
+            published += 1
+
+    await asyncio.gather(*(publish_loop(j, p) for j, p in enumerate(publishers)))
+    await stats.drain(expected)
+    end = time.monotonic()
+    cpu, gen = target.cpu_seconds() - cpu0, time.process_time() - gen0
+    window = (stats.last_rx_ns - t0_ns) / 1e9 if stats.delivered else end - t0
+    for publisher in publishers:
+        publisher.close()
+    close_all(clients)
+    ops = stats.delivered if sc.per == "delivery" else published
+    result.rate = ops / window
+    result.cpu_us = cpu / max(1, ops) * 1e6
+    lat = sorted(stats.latency_ns[::len(stats.latency_ns) // 500_000 + 1])  # a systematic sample of ≤ 500k
+    result.p50_ms, result.p99_ms = percentile(lat, 0.50), percentile(lat, 0.99)
+    result.lost = expected - stats.delivered
+    result.gen_cores = gen / (end - t0)
+    result.gen_us = gen / max(1, stats.delivered) * 1e6
+    if sc.rate and published and result.rate < 0.95 * sc.rate * expected / published:
+        result.notes.append(f"fell behind the offered {sc.rate:g} pub/s: "
+                            f"{result.rate * published / max(1, expected):.1f} pub/s delivered")
+    if stalled:
+        result.notes.append("publisher stalled 5 s waiting for deliveries")
+    if stats.disorder:
+        result.notes.append(f"{stats.disorder} out of order")
+    if stats.closed:
+        result.notes.append(f"server closed {stats.closed} connections")
+    return result
+
+
+async def run_idle(target: Target, sc: Idle) -> Result:
+    stats = Stats()
+    # Spread the clients over source addresses 127.0.0.2, .3, ... beyond ~10,000 connections, so that a
+    # burst never runs short of ephemeral ports (one range per source address).
+    sources: list[str | None] = [f"127.0.0.{2 + i}" for i in range(sc.conns // 10000 + 1)] if sc.conns > 10000 \
+        else [None]
+    rss0, cpu0, gen0 = target.rss_bytes(), target.cpu_seconds(), time.process_time()
+    channel_sets = [[f"{target.channel_prefix}idle{i}"] for i in range(sc.conns)]
+    clients, failures, elapsed = await open_clients(
+        stats, target.ws_port, target.ws_path, channel_sets, sc.concurrency, sources)
+    cpu, gen = target.cpu_seconds() - cpu0, time.process_time() - gen0
+    await asyncio.sleep(sc.settle)
+    rss1 = target.rss_bytes()
+    result = Result(sc.name, target.name, "handshake")
+    n = max(1, len(clients))
+    result.rate = len(clients) / elapsed
+    result.cpu_us = cpu / n * 1e6
+    result.kib_per_conn = (rss1 - rss0) / n / 1024
+    result.lost = failures
+    result.gen_cores = gen / elapsed
+    result.gen_us = gen / n * 1e6
+    if stats.closed:
+        result.notes.append(f"server closed {stats.closed} idle connections")
+    close_all(clients)
+    return result
+
+
+async def run_one(name: str, sc: Scenario) -> Result:
+    with start(name) as target:
+        result = await (run_traffic(target, sc) if isinstance(sc, Traffic) else run_idle(target, sc))
+    await asyncio.sleep(0.2)
+    return result
+
+
+# --- report -------------------------------------------------------------------------------------------------
+
+SHORT = {"delivery": "deliv", "publication": "pub", "handshake": "hs"}
+
+
+def fmt(value: float | int | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def ratios(gust: Result, peer: Result | None) -> str:
+    if peer is None or not peer.cpu_us:
+        return "–"
+    parts = [f"cpu {gust.cpu_us / peer.cpu_us:.2f}×"]
+    if gust.kib_per_conn is not None and peer.kib_per_conn:
+        parts.append(f"mem {gust.kib_per_conn / peer.kib_per_conn:.2f}×")
+    if gust.per == "handshake" and peer.rate:
+        parts.append(f"rate {gust.rate / peer.rate:.2f}×")
+    elif gust.fixed_rate and gust.p99_ms and peer.p99_ms:
+        parts.append(f"p99 {gust.p99_ms / peer.p99_ms:.2f}×")
+    return ", ".join(parts)
+
+
+def table(results: list[Result], servers: list[str]) -> str:
+    peers = [s for s in servers if s != "gust"]
+    head = ["scenario", "server", "rate", "server CPU", "p50 ms", "p99 ms", "lost", "KiB/conn",
+            "generator CPU"] + [f"Gust ÷ {p}" for p in peers]
+    rows = [head, ["---"] * len(head)]
+    for r in results:
+        gen = f"{r.gen_cores:.0%} ({r.gen_us:.1f} µs/msg)" if r.per != "handshake" else f"{r.gen_cores:.0%}"
+        if r.gen_cores >= SATURATED:
+            gen += " SATURATED"
+        row = [r.scenario, r.server, f"{r.rate:,.0f} {SHORT[r.per]}/s", f"{r.cpu_us:.1f} µs/{SHORT[r.per]}",
+               fmt(r.p50_ms, ".1f"), fmt(r.p99_ms, ".1f"), fmt(r.lost, "d"), fmt(r.kib_per_conn, ".1f"), gen]
+        for p in peers:
+            peer = next((x for x in results if x.scenario == r.scenario and x.server == p), None)
+            row.append(ratios(r, peer) if r.server == "gust" else "")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) if c != "---" else "-" * w for c, w in zip(row, widths, strict=True))
+             + " |" for row in rows]
+    notes = [f"- {r.scenario} / {r.server}: {'; '.join(r.notes)}" for r in results if r.notes]
+    return "\n".join(lines + (["", "Notes:", *notes] if notes else []))
+
+
+def goals(results: list[Result]) -> list[str]:
+    def find(prefix: str) -> Result | None:
+        return next((r for r in results if r.server == "gust" and r.scenario.startswith(prefix)), None)
+
+    out = []
+    if (r := find("fan-out 1000 subs, max")) is not None:
+        out.append(f"- server CPU per delivery at 1000 subscribers ≤ 4 µs: {r.cpu_us:.1f} µs "
+                   f"({'met' if r.cpu_us <= 4 else 'not met'})")
+    if (r := find("fan-out 1000 subs, 20 pub/s")) is not None and r.p99_ms is not None:
+        out.append(f"- p99 publish-to-receive ≤ 20 ms at 1000 subscribers × 20/s: {r.p99_ms:.1f} ms "
+                   f"({'met' if r.p99_ms <= 20 else 'not met'})")
+    if (r := find("idle")) is not None and r.kib_per_conn is not None:
+        out.append(f"- ≤ 12 KiB per idle subscribed client with 15,000 clients: {r.kib_per_conn:.1f} KiB "
+                   f"with {r.scenario.split()[1]} ({'met' if r.kib_per_conn <= 12 else 'not met'})")
+        out.append(f"- ≥ 2,000 connect+subscribe handshakes/s: {r.rate:,.0f}/s "
+                   f"({'met' if r.rate >= 2000 else 'not met'})")
+    return out
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "?")
+    libs = ", ".join(f"{p} {version(p)}" for p in ("tornado", "websockets", "orjson"))
+    return (f"Machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; "
+            f"Python {platform.python_version()}; {libs}")
+
+
+async def run_all(servers: list[str], chosen: list[Scenario]) -> list[Result]:
+    results = []
+    for sc in chosen:
+        for name in servers:
+            print(f"… {sc.name} / {name}", file=sys.stderr, flush=True)
+            results.append(await run_one(name, sc))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run in well under a minute")
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated subset of {SERVERS}")
+    parser.add_argument("--only", default="", help="run only scenarios whose name contains this text")
+    parser.add_argument("--no-uvloop", action="store_true", help="run the generator on asyncio's own loop")
+    parser.add_argument("--idle-conns", type=int, default=None, help="idle clients (default 15000, quick 2000)")
+    args = parser.parse_args(argv)
+    servers = [s for s in args.servers.split(",") if s]
+    if unknown := set(servers) - set(SERVERS):
+        parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    chosen = [sc for sc in scenarios(args.quick, args.idle_conns) if args.only in sc.name]
+    biggest = max((sc.conns for sc in chosen), default=0)
+    limit = raise_nofile(biggest + 1024)
+    if limit < biggest + 256:
+        sys.exit(f"RLIMIT_NOFILE is {limit}: too low for {biggest} connections (use --idle-conns)")
+    loop = "asyncio"
+    if not args.no_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            print("uvloop is not installed: the generator uses asyncio's own loop (about half as fast)",
+                  file=sys.stderr)
+        else:
+            loop = f"uvloop {version('uvloop')}"
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    load = os.getloadavg()[0]
+    started = time.monotonic()
+    results = asyncio.run(run_all(servers, chosen))
+    print(f"\nFan-out benchmark ({'quick' if args.quick else 'full'}, {time.monotonic() - started:.0f} s; generator "
+          f"on {loop}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after). {machine()}\n")
+    print(table(results, servers))
+    print("\nrate: deliveries (or acknowledged publications, or connect+subscribe handshakes) per second, from the "
+          "first publish to the last delivery. server CPU: the server process's CPU time in that window per "
+          "delivery (publication, handshake). lost: deliveries expected but not received (idle row: failed "
+          "handshakes). generator CPU: the load generator's own CPU time over the run, in cores, and per message "
+          "received; SATURATED from 90 %, then rate and latency are the generator's limit, not the server's.\n"
+          "Gust ÷ peer: Gust's figure divided by the peer's (server CPU per op; memory per connection; p99 "
+          "at a fixed rate; handshake rate). Below 1 means Gust uses less.")
+    if lines := goals(results):
+        print("\nGoals (Gust):")
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
