@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -105,6 +106,7 @@ class ApiHandler(tornado.web.RequestHandler):
             raise tornado.web.HTTPError(400, reason="Invalid JSON") from None
         if not isinstance(params, dict):
             raise tornado.web.HTTPError(400, reason="Request body must be a JSON object")
+        started = time.perf_counter()
         try:
             result = await call(self.node, method, params)
         except ReplyError as exc:
@@ -112,11 +114,15 @@ class ApiHandler(tornado.web.RequestHandler):
             return
         except EngineError as exc:
             log.warning("api %s: engine error: %s", method, exc)
+            self.node.metrics.engine_error(method)
             self._error(ReplyError(ErrorCode.INTERNAL))
             return
+        finally:
+            self.node.metrics.command("api", method, time.perf_counter() - started)
         self._json(result if method == "batch" else {"result": result})
 
     def _error(self, exc: ReplyError) -> None:
+        self.node.metrics.error("api", exc.code)
         body = error_body(exc)
         if self.request.headers.get("X-Centrifugo-Error-Mode", "").lower() == "transport":
             self.set_status(TRANSPORT_STATUS.get(body["code"], 500))

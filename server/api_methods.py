@@ -208,9 +208,12 @@ async def batch(node: Node, params: Result) -> Result:
                 raise ReplyError(ErrorCode.METHOD_NOT_FOUND, f"unknown method {method!r}")
             return {method: await call(node, method, body)}
         except ReplyError as exc:
+            node.metrics.error("api", exc.code)
             return {"error": error_body(exc)}
         except EngineError as exc:
             log.warning("api batch %s: engine error: %s", method, exc)
+            node.metrics.engine_error(method)
+            node.metrics.error("api", ErrorCode.INTERNAL)
             return {"error": error_body(ReplyError(ErrorCode.INTERNAL))}
 
     if get_bool(params, "parallel"):

@@ -25,16 +25,18 @@ from .config import Config
 from .engines import create_engine
 from .handlers import HANDLERS
 from .lifecycle import Drain
+from .limits import ConnectionGate
+from .metrics import Metrics
 from .node import Node
-from .pages import HealthHandler, IndexHandler, StaticFiles
+from .pages import HealthHandler, IndexHandler, MetricsHandler, ReadyHandler, StaticFiles
 from .protocol import Disconnects
 from .session import ClientSession
+from .watchdog import LoopWatchdog
 from .websocket import WebSocketHandler
 
 log = logging.getLogger("gust")
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR.parent / "static"
-WEBSOCKET_MAX_MESSAGE_SIZE = 65536
 
 
 class Gust:
@@ -46,12 +48,21 @@ class Gust:
             self.chat = prepare_chat(config)
             config = self.chat.config
         self.config = config
-        self.node = Node(config, create_engine(config))
+        self.metrics = Metrics()
+        self.node = Node(config, create_engine(config), metrics=self.metrics)
         self.verifier, self.sub_verifier = build_verifiers(config)
         self.drain = Drain()
+        self.gate = ConnectionGate(config.client)
+        hub = self.node.hub
+        self.metrics.track(
+            connections=lambda: self.gate.open, clients=lambda: hub.num_clients, users=lambda: hub.num_users,
+            channels=lambda: hub.num_channels, subscriptions=lambda: hub.num_subscriptions)
+        self.watchdog = LoopWatchdog(config.watchdog, self.metrics) if config.watchdog.enabled else None
 
     async def start(self) -> None:
         await self.node.start()
+        if self.watchdog is not None:
+            self.watchdog.start()
 
     async def close(self) -> None:
         """Refuse new work (503), close every client with 3001 "shutdown" (SDKs reconnect), let running API
@@ -66,19 +77,39 @@ class Gust:
             log.info("waiting for %d API request(s) to finish", self.drain.inflight)
         await self.drain.wait_idle()
         await self.node.close()
+        if self.watchdog is not None:
+            self.watchdog.stop()
 
     def routes(self, prefix: str = "") -> list[tornado.routing.Rule]:
         ws_kwargs: dict[str, Any] = {
             "node": self.node, "verifier": self.verifier, "sub_verifier": self.sub_verifier, "handlers": HANDLERS,
-            "drain": self.drain}
+            "drain": self.drain, "gate": self.gate}
         rules: list[tornado.routing.Rule] = [
             tornado.web.url(prefix + r"/connection/websocket", WebSocketHandler, ws_kwargs, name="websocket"),
             tornado.web.url(prefix + r"/api/([a-z_]+)", ApiHandler, {"node": self.node, "drain": self.drain}),
-            tornado.web.url(prefix + r"/health", HealthHandler),
         ]
+        if not self.config.http_server.internal_port:
+            rules += self.internal_routes(prefix)
         if self.chat is not None:
             return rules + chat_routes(prefix, self.node, self.chat)
         return [*rules, tornado.web.url(prefix + r"/", IndexHandler, {"node": self.node})]
+
+    def internal_routes(self, prefix: str = "") -> list[tornado.routing.Rule]:
+        """`/health`, `/ready`, `/metrics`: on the main port, or alone on `http_server.internal_port`."""
+        return [
+            tornado.web.url(prefix + r"/health", HealthHandler),
+            tornado.web.url(prefix + r"/ready", ReadyHandler, {"node": self.node, "drain": self.drain}),
+            tornado.web.url(prefix + r"/metrics", MetricsHandler, {"metrics": self.metrics}),
+        ]
+
+    def make_internal_app(self) -> tornado.web.Application:
+        return tornado.web.Application(self.internal_routes())
+
+    def http_server_options(self) -> dict[str, Any]:
+        """Slow-HTTP limits for `HTTPServer` (Tornado's one header timer also bounds idle keep-alive connections)."""
+        http = self.config.http_server
+        return {"idle_connection_timeout": http.header_timeout, "body_timeout": http.body_timeout,
+                "max_header_size": http.max_header_size}
 
     def make_app(self) -> tornado.web.Application:
         settings: dict[str, Any] = {}
@@ -90,7 +121,7 @@ class Gust:
             static_path=str(STATIC_DIR),
             static_handler_class=StaticFiles,
             template_path=str(PACKAGE_DIR / "templates"),
-            websocket_max_message_size=WEBSOCKET_MAX_MESSAGE_SIZE,
+            websocket_max_message_size=self.config.websocket.message_size_limit,
             xheaders=False,
             **settings,
         )
@@ -101,8 +132,7 @@ async def serve(config: Config) -> bool:
     shutdown did not finish in time."""
     gust = Gust(config)
     await gust.start()
-    server = tornado.httpserver.HTTPServer(gust.make_app())
-    server.listen(config.http_server.port, config.http_server.address)
+    servers = listen(gust)
     host = config.http_server.address or "127.0.0.1"
     shown = f"[{host}]" if ":" in host else host
     log.info("Gust serving on http://%s:%d (engine %s)", shown, config.http_server.port, config.engine.type)
@@ -114,13 +144,32 @@ async def serve(config: Config) -> bool:
     await stop.wait()
     started = time.monotonic()
     log.info("shutting down (at most %.0f s)", config.shutdown.timeout)
-    server.stop()
+    for server in servers:
+        server.stop()
     clean = True
     try:
         await asyncio.wait_for(gust.close(), config.shutdown.timeout)
     except TimeoutError:
         log.error("shutdown did not finish within %.0f s: exiting anyway", config.shutdown.timeout)
         clean = False
-    await server.close_all_connections()
+    for server in servers:
+        await server.close_all_connections()
     log.info("stopped in %.2f s", time.monotonic() - started)
     return clean
+
+
+def listen(gust: Gust) -> list[tornado.httpserver.HTTPServer]:
+    """The main HTTP server, and the internal one when `http_server.internal_port` is set."""
+    http = gust.config.http_server
+    server = tornado.httpserver.HTTPServer(gust.make_app(), **gust.http_server_options())
+    server.listen(http.port, http.address)
+    if not http.internal_port:
+        return [server]
+    internal = tornado.httpserver.HTTPServer(gust.make_internal_app(), **gust.http_server_options())
+    try:
+        internal.listen(http.internal_port, http.internal_address or http.address)
+    except OSError:
+        server.stop()
+        raise
+    log.info("health, readiness and metrics on the internal port %d", http.internal_port)
+    return [server, internal]

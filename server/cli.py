@@ -1,7 +1,7 @@
 """The command line: `python -m server [serve|genconfig|checkconfig|gentoken|checktoken|version]`.
 
 Exit codes: 0 ok; 1 the command failed (token invalid, cannot listen, file exists); 2 bad usage or config.
-Every failure prints one line on stderr. May import: app, config, auth.
+Every failure prints one line on stderr. May import: app, config, auth, logs.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .auth import KeysUnavailable, TokenError, TokenExpired, TokenVerifier, buil
 from .chat_setup import ChatSetupError
 from .config import Config, ConfigError, load_config
 from .engines import EngineError
+from .logs import configure_logging
 
 STARTER_NAMESPACE: dict[str, Any] = {
     "name": "chat", "presence": True, "join_leave": True, "force_push_join_leave": True,
@@ -165,7 +166,7 @@ def cmd_checktoken(args: argparse.Namespace, environ: dict[str, str]) -> None:
 
 def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
     config = config_from_args(args, environ)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     if config.development:
         logging.getLogger("gust").warning(
             "no config file given: development setup (chat pages at /, anonymous clients, namespace 'chat'); "
@@ -177,16 +178,13 @@ def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
     except ConfigError as exc:  # keys that cannot be loaded: found while building the app, before listening
         raise CommandError(f"config error: {exc}", 2) from None
     except OSError as exc:
-        where = f"{config.http_server.address}:{config.http_server.port}"
+        http = config.http_server
+        where = f"{http.address}:{http.port}" + (f" or port {http.internal_port}" if http.internal_port else "")
         raise CommandError(f"cannot listen on {where}: {exc.strerror}") from None
     except (EngineError, ChatSetupError) as exc:
         raise CommandError(f"cannot start: {exc}") from None
     if not clean:
         raise CommandError(f"shutdown took longer than shutdown.timeout ({config.shutdown.timeout:g} s)")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -133,12 +133,25 @@ class SubscriptionTokenConfig(TokenConfig):
 
 
 @dataclass(frozen=True)
+class CommandRateLimitConfig:
+    """`client.command_rate_limit`: a token bucket per connection over its commands and WebSocket ping frames.
+    Over the bucket → error 111 (temporary); `close_after` refusals in a row → close 3013. `rate` 0 = off."""
+
+    rate: float = 0.0  # commands per second, on average
+    burst: int = 200  # commands at once (centrifuge-js sends connect + every subscribe in one frame)
+    close_after: int = 100
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     token: TokenConfig = field(default_factory=TokenConfig)
     subscription_token: SubscriptionTokenConfig = field(default_factory=SubscriptionTokenConfig)
     insecure: bool = False
     disallow_anonymous_connection_tokens: bool = False
     user_connection_limit: int = 0
+    connection_limit: int = 0  # open WebSocket connections on this node (0 = unlimited) → HTTP 503
+    connection_rate_limit: int = 0  # new WebSocket connections per second on this node (0 = unlimited) → HTTP 503
+    command_rate_limit: CommandRateLimitConfig = field(default_factory=CommandRateLimitConfig)
     expired_close_delay: float = dur(25.0)
     expired_sub_close_delay: float = dur(25.0)
     allowed_origins: tuple[str, ...] = ()
@@ -158,6 +171,25 @@ class ClientConfig:
 class HttpServerConfig:
     address: str = "127.0.0.1"
     port: int = 8000
+    internal_port: int = 0  # /metrics, /health, /ready on this port instead (0 = on `port`)
+    internal_address: str = ""  # "" = `address`
+    header_timeout: float = dur(20.0)  # a request's headers must arrive within this (also the keep-alive idle limit)
+    body_timeout: float = dur(60.0)  # a request body must arrive within this
+    max_header_size: int = 16384  # bytes of request line + headers
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    message_size_limit: int = 65536  # bytes of one inbound message (→ close 1009); alias websocket_max_message_size
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    """The event-loop lag watchdog (`server/watchdog.py`)."""
+
+    enabled: bool = True
+    interval: float = dur(0.05)  # how often the loop's tick is scheduled
+    lag_threshold: float = dur(0.02)  # a tick later than this → one WARNING per incident, with the blocking stack
 
 
 @dataclass(frozen=True)
@@ -207,8 +239,11 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     data_dir: str = "var"
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one JSON object per line)
     development: bool = False
 
     def namespace_options(self, name: str) -> ChannelOptions | None:
@@ -303,11 +338,11 @@ def _parse_env_value(tp: Any, text: str, key: str, is_duration: bool) -> Any:
         if lowered in ("0", "false", "no", "off", ""):
             return False
         raise ConfigError(key, f"expected a boolean, got {text!r}")
-    if tp is int:
+    if tp in (int, float):
         try:
-            return int(text)
+            return tp(text)
         except ValueError:
-            raise ConfigError(key, f"expected an integer, got {text!r}") from None
+            raise ConfigError(key, f"expected {_type_name(tp)}, got {text!r}") from None
     if typing.get_origin(tp) is tuple:
         if text.lstrip().startswith("["):
             try:
@@ -333,6 +368,25 @@ def env_overrides(environ: Mapping[str, str], cls: type = Config, prefix: str = 
         var = "GUST_" + key.upper().replace(".", "_")
         if var in environ:
             out[f.name] = _parse_env_value(tp, environ[var], key, bool(f.metadata.get("duration")))
+    return out
+
+
+# Other names accepted at the top level of a file, moved to their canonical option before anything else.
+ALIASES = {"websocket_max_message_size": ("websocket", "message_size_limit")}
+
+
+def apply_aliases(data: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for alias, (section, name) in ALIASES.items():
+        if alias not in out:
+            continue
+        value = out.pop(alias)
+        current = out.get(section, {})
+        if not isinstance(current, Mapping):
+            continue  # `build` names the bad section
+        if name in current and current[name] != value:
+            raise ConfigError(alias, f"conflicts with {section}.{name}")
+        out[section] = {**current, name: value}
     return out
 
 
@@ -370,7 +424,7 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
 ) -> Config:
     """Defaults < file (or the development preset when there is no file) < environment < flags."""
-    data: dict[str, Any] = read_config_file(path) if path is not None else dict(DEVELOPMENT_PRESET)
+    data: dict[str, Any] = apply_aliases(read_config_file(path)) if path is not None else dict(DEVELOPMENT_PRESET)
     data = deep_merge(data, env_overrides(environ or {}))
     data = deep_merge(data, flags or {})
     config = typing.cast(Config, build(Config, data))
@@ -380,7 +434,7 @@ def load_config(
 
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Build and validate a Config from a plain (possibly nested) mapping, as a file would give it."""
-    config = typing.cast(Config, build(Config, data))
+    config = typing.cast(Config, build(Config, apply_aliases(data)))
     validate(config)
     return config
 
@@ -443,6 +497,7 @@ def validate(config: Config) -> None:
         raise ConfigError("data_dir", "must not be empty")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", f"expected debug, info, warning or error, got {config.log_level!r}")
+    _validate_limits(config)
     _validate_channel_options(config.channel.without_namespace, "channel.without_namespace")
     seen: set[str] = set()
     for i, ns in enumerate(config.channel.namespaces):
@@ -454,6 +509,33 @@ def validate(config: Config) -> None:
         seen.add(ns.name)
         _validate_channel_options(ns, key)
     _validate_chat(config.chat)
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(key, "must be positive")
+
+
+def _validate_limits(config: Config) -> None:
+    c, http = config.client, config.http_server
+    for name in ("connection_limit", "connection_rate_limit"):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"client.{name}", "must not be negative (0 = no limit)")
+    if c.command_rate_limit.rate < 0:
+        raise ConfigError("client.command_rate_limit.rate", "must not be negative (0 = no limit)")
+    _positive(c.command_rate_limit.burst, "client.command_rate_limit.burst")
+    _positive(c.command_rate_limit.close_after, "client.command_rate_limit.close_after")
+    if not 0 <= http.internal_port <= 65535:
+        raise ConfigError("http_server.internal_port", f"expected 0..65535, got {http.internal_port}")
+    if http.internal_port and http.internal_port == http.port:
+        raise ConfigError("http_server.internal_port", "must differ from http_server.port (0 = same port)")
+    for name in ("header_timeout", "body_timeout", "max_header_size"):
+        _positive(getattr(http, name), f"http_server.{name}")
+    _positive(config.websocket.message_size_limit, "websocket.message_size_limit")
+    _positive(config.watchdog.interval, "watchdog.interval")
+    _positive(config.watchdog.lag_threshold, "watchdog.lag_threshold")
+    if config.log_format not in ("text", "json"):
+        raise ConfigError("log_format", f"expected text or json, got {config.log_format!r}")
 
 
 def _validate_chat(chat: ChatConfig) -> None:

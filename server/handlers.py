@@ -19,6 +19,7 @@ from .protocol import (
     ErrorCode,
     ProtocolError,
     ReplyError,
+    channel_param,
     get_bool,
     get_data,
     get_int,
@@ -28,7 +29,7 @@ from .protocol import (
     publication_dict,
     raw,
 )
-from .session import SERVER_VERSION, ClientSession, Handler, channel_param, ttl_of, verify_token
+from .session import SERVER_VERSION, ClientSession, Handler, ttl_of, verify_token
 from .subscriptions import connect_server_subs, establish, go_live, new_subscription, resolve_server_subs, with_override
 
 Result = dict[str, Any]
@@ -122,8 +123,9 @@ async def handle_subscribe(s: ClientSession, params: Result) -> Result:
         opts = with_override(opts, claims.options.override)
     if channel in s.subs:  # subscribed meanwhile by the server (the token check awaited)
         raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
-    recoverable = opts.force_recovery or (opts.allow_recovery and get_bool(params, "recoverable"))
-    positioned = opts.force_positioning or (opts.allow_positioning and get_bool(params, "positioned"))
+    wants_recovery, wants_position = get_bool(params, "recoverable"), get_bool(params, "positioned")  # 107 if mistyped
+    recoverable = opts.force_recovery or (opts.allow_recovery and wants_recovery)
+    positioned = opts.force_positioning or (opts.allow_positioning and wants_position)
     join_leave = get_bool(params, "join_leave") and _may_read_presence(s, opts, channel)
     chan_info = claims.options.info if claims is not None else None
     sub = new_subscription(s, channel, opts, chan_info, recoverable, positioned, join_leave)

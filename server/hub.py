@@ -1,7 +1,8 @@
 """This node's registry of sessions (by client id and user) and of channel subscribers, and fan-out.
 
 Owns: `Hub`, the `Subscriber` protocol it needs. `broadcast` encodes a push once and hands the same bytes to
-every local subscriber without awaiting anything. May import: model, protocol.
+every local subscriber without awaiting anything; `flushes` writes each session's output once per IOLoop turn.
+May import: model, protocol, outbound.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .model import ClientInfo, Publication
+from .outbound import FlushQueue, ws_text_frame
 from .protocol import encode_join_leave_push, encode_pub_push
 
 
@@ -21,7 +23,8 @@ class Subscriber(Protocol):
     @property
     def user(self) -> str: ...
 
-    def deliver_publication(self, channel: str, pub: Publication, frame: bytes) -> None: ...
+    def deliver_publication(self, channel: str, pub: Publication, frame: bytes, framed: bytes | None = None) -> None:
+        ...
 
     def deliver_join_leave(self, channel: str, frame: bytes) -> None: ...
 
@@ -31,6 +34,7 @@ class Hub:
         self._sessions: dict[str, Subscriber] = {}
         self._users: dict[str, dict[str, Subscriber]] = {}
         self._channels: dict[str, dict[str, Subscriber]] = {}
+        self.flushes = FlushQueue()
 
     # sessions
 
@@ -90,6 +94,9 @@ class Hub:
     def subscribers(self, channel: str) -> list[Subscriber]:
         return list(self._channels.get(channel, {}).values())
 
+    def num_subscribers(self, channel: str) -> int:
+        return len(self._channels.get(channel, ()))
+
     def channels(self) -> dict[str, int]:
         """Channel name → number of local subscribers."""
         return {name: len(subs) for name, subs in self._channels.items()}
@@ -109,8 +116,9 @@ class Hub:
         if not subs:
             return
         frame = encode_pub_push(channel, pub)
+        framed = ws_text_frame(frame)  # encoded once, framed once: the same bytes for every subscriber
         for sub in list(subs.values()):
-            sub.deliver_publication(channel, pub, frame)
+            sub.deliver_publication(channel, pub, frame, framed)
 
     def broadcast_join_leave(self, channel: str, kind: str, info: ClientInfo) -> None:
         subs = self._channels.get(channel)

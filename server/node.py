@@ -2,7 +2,8 @@
 
 Implements `EngineEvents`: the engine's `on_publication` is the one delivery path to local subscribers.
 Owns channel locks around the first/last local subscriber and the periodic presence refresh.
-May import: model, protocol, channels, engines, hub, config. Never imports session.
+Counts publications in and out (by namespace) and times each broadcast for the metrics.
+May import: model, protocol, channels, engines, hub, config, metrics. Never imports session.
 """
 
 from __future__ import annotations
@@ -15,22 +16,25 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from .channels import resolve_channel
+from .channels import resolve_channel, split_namespace
 from .config import ChannelOptions, Config
-from .engines import Engine, HistoryOptions
+from .engines import Engine, EngineError, HistoryOptions
 from .hub import Hub, Subscriber
+from .metrics import Metrics
 from .model import ClientInfo, PresenceStats, Publication, StreamPosition
 from .protocol import ErrorCode, ReplyError
 
 log = logging.getLogger("gust.node")
 IDEMPOTENCY_TTL = 300.0  # seconds, as Centrifugo
+READY_PROBE_CHANNEL = "gust-ready-probe"  # `ready` asks the engine for this channel's presence stats
 
 
 class Node:
-    def __init__(self, config: Config, engine: Engine, hub: Hub | None = None) -> None:
+    def __init__(self, config: Config, engine: Engine, hub: Hub | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.engine = engine
         self.hub = hub or Hub()
+        self.metrics = metrics if metrics is not None else Metrics()
         self._locks = ChannelLocks()
         self._presence_info: dict[tuple[str, str], ClientInfo] = {}
         self._maintenance: asyncio.Task[None] | None = None
@@ -59,7 +63,11 @@ class Node:
     # EngineEvents
 
     def on_publication(self, channel: str, pub: Publication) -> None:
+        receivers = self.hub.num_subscribers(channel)
+        started = time.perf_counter()
         self.hub.broadcast(channel, pub)
+        if receivers:
+            self.metrics.broadcast(split_namespace(channel)[0], receivers, time.perf_counter() - started)
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
         self.hub.broadcast_join_leave(channel, "join", info)
@@ -87,6 +95,7 @@ class Node:
                 return seen[0]
         history = HistoryOptions() if skip_history else self.history_options(opts)
         position = await self.engine.publish(channel, data, info, tags or {}, history)
+        self.metrics.message_in(split_namespace(channel)[0])
         if idempotency_key:
             self._idempotent[(channel, idempotency_key)] = (position, time.monotonic() + IDEMPOTENCY_TTL)
         return position
@@ -149,6 +158,15 @@ class Node:
     async def remove_history(self, channel: str) -> None:
         self.resolve(channel)
         await self.engine.remove_history(channel)
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        """Whether the engine answers (a presence-stats round trip) within `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self.engine.presence_stats(READY_PROBE_CHANNEL), timeout)
+        except (EngineError, TimeoutError, OSError) as exc:
+            log.warning("readiness probe failed: %s", exc or type(exc).__name__)
+            return False
+        return True
 
     def uptime(self) -> int:
         return int(time.monotonic() - self.started_at)

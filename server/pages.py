@@ -1,6 +1,7 @@
-"""RequestHandlers for plain HTTP: the index page and `/health`.
+"""RequestHandlers for plain HTTP: the index page, `/health` (alive), `/ready` (engine reachable, not shutting
+down) and `/metrics` (Prometheus text format).
 
-May import: node, config, tornado.
+May import: node, config, lifecycle, metrics, tornado.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import tornado.web
 
 from . import __version__
+from .lifecycle import Drain
+from .metrics import Metrics
 from .node import Node
 
 
@@ -23,6 +26,36 @@ class HealthHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.write({"status": "ok"})
+
+
+class ReadyHandler(tornado.web.RequestHandler):
+    """200 while this node can serve (the engine answers); 503 while shutting down or when it does not."""
+
+    def initialize(self, node: Node, drain: Drain) -> None:
+        self.node = node
+        self.drain = drain
+
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        if self.drain.draining:
+            self.set_status(503)
+            self.write({"status": "shutting down"})
+        elif not await self.node.ready():
+            self.set_status(503)
+            self.write({"status": "engine unavailable"})
+        else:
+            self.write({"status": "ready"})
+
+
+class MetricsHandler(tornado.web.RequestHandler):
+    def initialize(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def get(self) -> None:
+        body, content_type = self.metrics.render(self.request.headers.get("Accept", ""))
+        self.set_header("Content-Type", content_type)
+        self.set_header("Cache-Control", "no-store")
+        self.write(body)
 
 
 class StaticFiles(tornado.web.StaticFileHandler):

@@ -287,6 +287,14 @@ def get_list(params: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
+def channel_param(params: dict[str, Any]) -> str:
+    """The `channel` of a request; an empty channel is a protocol violation (Centrifuge closes with 3501)."""
+    channel = get_str(params, "channel")
+    if not channel:
+        raise ProtocolError("channel required")
+    return channel
+
+
 def get_str_dict(params: dict[str, Any], key: str) -> dict[str, str]:
     value = params.get(key)
     if value is None:

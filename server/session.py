@@ -22,6 +22,7 @@ from . import __version__
 from .auth import Claims, KeysUnavailable, TokenExpired, TokenInvalid, TokenVerifier, lifetime_over
 from .config import Config
 from .engines import EngineError
+from .limits import CommandLimiter, Verdict
 from .model import ClientInfo, Publication
 from .node import Node
 from .protocol import (
@@ -37,7 +38,6 @@ from .protocol import (
     encode_pub_push,
     encode_reply,
     encode_unsubscribe_push,
-    get_str,
     request_object,
     split_frame,
 )
@@ -53,7 +53,9 @@ UNSUBSCRIBE_EXPIRED = (2501, "subscription expired")
 class Transport(Protocol):
     """How a session reaches its peer. `write` sends one text frame; `close` sends a close frame."""
 
-    def write(self, frame: bytes) -> None: ...
+    def write(self, payload: bytes, framed: bytes | None = None) -> None:
+        """Send `payload` as one text frame; `framed` is that frame already built (shared by many sessions)."""
+        ...
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -134,12 +136,14 @@ class ClientSession:
         self.close_code: int | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
+        self._out_framed: bytes | None = None  # the WebSocket frame of `_out[0]` while it is alone
+        self._flush_queued = False
         self._loop = asyncio.get_running_loop()
         self._pong_due: asyncio.TimerHandle | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._deferred: list[Callable[[], Awaitable[None]]] = []
+        self.limiter = CommandLimiter(self.config.client.command_rate_limit)
         self._set_timer("stale", self.config.client.stale_close_delay, self._on_stale)
 
     # --- inbound -------------------------------------------------------------------------------------------
@@ -160,6 +164,8 @@ class ClientSession:
         if cmd.method == "":
             self._on_pong()
             return
+        if not self._admit(cmd.id):
+            return
         if cmd.method == "send":
             # No asynchronous message handler exists in this server: Centrifuge closes with 3508.
             self.close(Disconnects.NOT_AVAILABLE)
@@ -169,33 +175,58 @@ class ClientSession:
             detail = "client already authenticated" if connected else f"expected connect, got {cmd.method}"
             self._protocol_violation(ProtocolError(detail))
             return
-        handler = self.handlers.get(cmd.method)
+        started = time.perf_counter()
         try:
-            if handler is None:
-                raise ReplyError(ErrorCode.NOT_AVAILABLE, f"{cmd.method} is not available")
-            result = await handler(self, request_object(cmd.method, cmd.params))
-        except ReplyError as exc:
-            log.debug("client %s: %s error %d: %s", self.client_id, cmd.method, exc.code, exc)
-            self.enqueue(encode_error(cmd.id, exc))
-            return
-        except ProtocolError as exc:
-            self._protocol_violation(exc)
-            return
-        except EngineError as exc:
-            log.warning("client %s: %s: engine error: %s", self.client_id, cmd.method, exc)
-            self.enqueue(encode_error(cmd.id, ReplyError(ErrorCode.INTERNAL)))
-            return
-        except Exception:
-            log.exception("client %s: %s failed", self.client_id, cmd.method)
-            self.enqueue(encode_error(cmd.id, ReplyError(ErrorCode.INTERNAL)))
-            return
+            result = await self._dispatch(cmd)
         finally:
             deferred, self._deferred = self._deferred, []
-        if self.state is State.CLOSED:
+            self.node.metrics.command("client", cmd.method, time.perf_counter() - started)
+        if result is None or self.state is State.CLOSED:
             return
         self.enqueue(encode_reply(cmd.id, cmd.method, result))
         for step in deferred:
             await step()
+
+    async def _dispatch(self, cmd: Command) -> dict[str, Any] | None:
+        """Run the command's handler: its result, or None when it failed (error reply queued, or closed)."""
+        handler = self.handlers.get(cmd.method)
+        try:
+            if handler is None:
+                raise ReplyError(ErrorCode.NOT_AVAILABLE, f"{cmd.method} is not available")
+            return await handler(self, request_object(cmd.method, cmd.params))
+        except ReplyError as exc:
+            log.debug("client %s: %s error %d: %s", self.client_id, cmd.method, exc.code, exc)
+            self.reply_error(cmd.id, exc)
+        except ProtocolError as exc:
+            self._protocol_violation(exc)
+        except EngineError as exc:
+            log.warning("client %s: %s: engine error: %s", self.client_id, cmd.method, exc)
+            self.node.metrics.engine_error(cmd.method)
+            self.reply_error(cmd.id, ReplyError(ErrorCode.INTERNAL))
+        except Exception:
+            log.exception("client %s: %s failed", self.client_id, cmd.method)
+            self.reply_error(cmd.id, ReplyError(ErrorCode.INTERNAL))
+        return None
+
+    def reply_error(self, cmd_id: int, exc: ReplyError) -> None:
+        self.node.metrics.error("client", exc.code)
+        self.enqueue(encode_error(cmd_id, exc))
+
+    def _admit(self, cmd_id: int) -> bool:
+        """`client.command_rate_limit`: False when the command is refused (error 111) or the client closed (3013)."""
+        verdict = self.limiter.check()
+        if verdict is Verdict.CLOSE:
+            log.info("client %s: %d commands over the rate limit in a row", self.client_id,
+                     self.limiter.refused_in_a_row)
+            self.close(Disconnects.TOO_MANY_REQUESTS)
+        elif verdict is Verdict.REFUSE and cmd_id:
+            self.reply_error(cmd_id, ReplyError(ErrorCode.TOO_MANY_REQUESTS))
+        return verdict is Verdict.ALLOW
+
+    def on_transport_ping(self) -> None:
+        """A WebSocket ping frame (Tornado answers it): it spends a command token, so a ping flood ends in 3013."""
+        if self.state is not State.CLOSED:
+            self._admit(0)
 
     def after_reply(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run `step` once the current command's successful reply is queued (e.g. go live, send a join)."""
@@ -245,6 +276,7 @@ class ClientSession:
 
     def mark_connected(self) -> None:
         self.state = State.CONNECTED
+        log.info("client %s connected: user %r", self.client_id, self.user)
         self._cancel_timer("stale")
         self.node.hub.add_session(self)
         interval = self.config.client.ping_interval
@@ -304,15 +336,24 @@ class ClientSession:
         """Flush what is queued, close the transport with `disconnect`, release everything. Idempotent."""
         if self.state is State.CLOSED:
             return
-        self._flush()
+        self.flush()
         self.close_code = disconnect.code
         self.transport.close(disconnect.code, disconnect.reason)
+        self._ended(disconnect.code, disconnect.reason, by_peer=False)
         self._release()
 
-    def on_transport_closed(self) -> None:
-        """The peer went away (or the transport failed)."""
+    def on_transport_closed(self, code: int = 1006, reason: str = "", by_peer: bool = True) -> None:
+        """The connection ended without `close`: the peer closed it (`code` from its close frame, 1006 with none)
+        or the transport did (`by_peer` False, e.g. 1009 for a message over the size limit)."""
         if self.state is not State.CLOSED:
+            self._ended(code, reason, by_peer)
             self._release()
+
+    def _ended(self, code: int, reason: str, by_peer: bool) -> None:
+        """The lifecycle log line and the disconnect metric (a peer's own codes are folded into "other")."""
+        self.node.metrics.disconnect(str(code) if not by_peer or code in (1000, 1001, 1006) else "other")
+        log.info("client %s disconnected: user %r, code %d %r%s", self.client_id, self.user, code, reason[:123],
+                 " (by the peer)" if by_peer else "")
 
     def _release(self) -> None:
         was_connected = self.state is State.CONNECTED
@@ -322,10 +363,8 @@ class ClientSession:
         if self._pong_due is not None:
             self._pong_due.cancel()
             self._pong_due = None
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         self._out.clear()
+        self._out_framed = None
         self._out_bytes = 0
         if was_connected:
             self.node.hub.remove_session(self)
@@ -380,33 +419,44 @@ class ClientSession:
 
     # --- outbound ----------------------------------------------------------------------------------------------
 
-    def enqueue(self, frame: bytes) -> None:
-        """Queue one reply or push; everything queued in one IOLoop turn goes out as one frame."""
+    def enqueue(self, frame: bytes, framed: bytes | None = None) -> None:
+        """Queue one reply or push (`framed`: its WebSocket frame, when the hub built it once for everyone);
+        everything queued in one IOLoop turn goes out as one frame."""
         if self.state is State.CLOSED:
             return
-        self._out.append(frame)
+        out = self._out
+        out.append(frame)
+        self._out_framed = framed if len(out) == 1 else None
         self._out_bytes += len(frame) + 1
         if self._out_bytes + self.transport.pending_bytes() > self.config.client.queue_max_size:
             log.info("client %s: outgoing queue over %d bytes", self.client_id, self.config.client.queue_max_size)
-            self._out.clear()
+            out.clear()
+            self._out_framed = None
             self._out_bytes = 0
             self.close(Disconnects.SLOW)
             return
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+        if not self._flush_queued:
+            self._flush_queued = True
+            self.node.hub.flushes.add(self)
 
-    def _flush(self) -> None:
-        self._flush_handle = None
-        if not self._out:
+    def flush(self) -> None:
+        """Write everything queued as one text frame (`\n`-joined). Called once per turn by the hub's
+        `FlushQueue`, and before a close."""
+        self._flush_queued = False
+        out = self._out
+        if not out:
             return
-        data = self._out[0] if len(self._out) == 1 else b"\n".join(self._out)
-        self._out.clear()
+        if len(out) == 1:
+            self.transport.write(out[0], self._out_framed)
+        else:
+            self.transport.write(b"\n".join(out))
+        out.clear()
+        self._out_framed = None
         self._out_bytes = 0
-        self.transport.write(data)
 
     # --- deliveries from the hub (synchronous, never await) --------------------------------------------------
 
-    def deliver_publication(self, channel: str, pub: Publication, frame: bytes) -> None:
+    def deliver_publication(self, channel: str, pub: Publication, frame: bytes, framed: bytes | None = None) -> None:
         sub = self.subs.get(channel)
         if sub is None:
             return
@@ -420,7 +470,7 @@ class ClientSession:
                 self.insufficient_state(sub)
                 return
             sub.offset = pub.offset
-        self.enqueue(frame)
+        self.enqueue(frame, framed)
 
     def deliver_join_leave(self, channel: str, frame: bytes) -> None:
         sub = self.subs.get(channel)
@@ -475,11 +525,3 @@ async def verify_token(verifying: Awaitable[T], on_expired: Exception, on_invali
 def ttl_of(expire_at: int) -> int:
     """Whole seconds left until `expire_at` (as Centrifuge counts them: `expire_at - now` in unix seconds)."""
     return max(0, expire_at - int(time.time())) if expire_at else 0
-
-
-def channel_param(params: dict[str, Any]) -> str:
-    """The `channel` of a request; an empty channel is a protocol violation (Centrifuge closes with 3501)."""
-    channel = get_str(params, "channel")
-    if not channel:
-        raise ProtocolError("channel required")
-    return channel

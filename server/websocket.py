@@ -1,7 +1,7 @@
 """The Tornado `WebSocketHandler` at `/connection/websocket`: origin check, and an adapter that turns
 `write_message`/`close` into the session's `Transport`. All protocol logic lives in `session.py`.
 
-May import: session, handlers, node, auth, config, tornado.
+May import: session, handlers, node, auth, config, limits, lifecycle, tornado.
 """
 
 from __future__ import annotations
@@ -13,30 +13,48 @@ from urllib.parse import urlsplit
 
 import tornado.websocket
 from tornado.concurrent import Future
+from tornado.iostream import IOStream
 
 from .auth import TokenVerifier
 from .lifecycle import Drain
+from .limits import ConnectionGate
 from .node import Node
+from .outbound import ws_text_frame
 from .session import ClientSession, Handler
 
 log = logging.getLogger("gust.websocket")
 
 
 class TornadoTransport:
-    """`Transport` over a `WebSocketHandler`. Counts bytes written but not yet flushed to the socket."""
+    """`Transport` over a `WebSocketHandler`: writes complete frames straight to the connection's IOStream.
 
-    __slots__ = ("_handler", "_pending")
+    Fast path (`_write_fast`, the only place that touches Tornado internals): when the stream has nothing
+    buffered, the frame goes to `IOStream.write_to_fd` at once: no Future, no task, no callback per write;
+    whatever the kernel does not take is handed to the public `IOStream.write`, which buffers it in order.
+    Pending bytes are the stream's own write buffer. If a Tornado release changes those internals, the
+    transport falls back to the public `write_message` path (tests/test_outbound.py fails loudly then).
+    """
+
+    __slots__ = ("_handler", "_pending", "_stream")
 
     def __init__(self, handler: tornado.websocket.WebSocketHandler) -> None:
         self._handler = handler
-        self._pending = 0
+        self._pending = 0  # bytes in flight on the public path only
+        self._stream = _fast_stream(handler)
 
-    def write(self, frame: bytes) -> None:
-        try:
-            future = self._handler.write_message(frame)  # bytes with binary=False: a text frame
-        except tornado.websocket.WebSocketClosedError:
+    @property
+    def fast(self) -> bool:
+        return self._stream is not None
+
+    def write(self, payload: bytes, framed: bytes | None = None) -> None:
+        conn = self._handler.ws_connection
+        if conn is None or conn.is_closing():
             return
-        size = len(frame)
+        if self._stream is not None:
+            _write_fast(self._stream, framed if framed is not None else ws_text_frame(payload))
+            return
+        future = self._handler.write_message(payload)  # public path: bytes with binary=False = a text frame
+        size = len(payload)
         self._pending += size
         future.add_done_callback(lambda f: self._written(f, size))
 
@@ -49,7 +67,40 @@ class TornadoTransport:
         self._handler.close(code, reason)
 
     def pending_bytes(self) -> int:
+        if self._stream is not None:
+            return len(self._stream._write_buffer)
         return self._pending
+
+
+def _fast_stream(handler: tornado.websocket.WebSocketHandler) -> IOStream | None:
+    """The connection's IOStream when the fast path's assumptions about it hold, else None."""
+    conn = handler.ws_connection
+    stream = getattr(conn, "stream", None)
+    if not isinstance(stream, IOStream) or not hasattr(stream, "_write_buffer"):
+        return None
+    try:
+        len(stream._write_buffer)
+    except TypeError:
+        return None
+    return stream
+
+
+def _write_fast(stream: IOStream, frame: bytes) -> None:
+    """Write `frame` in order with what is already queued on `stream`, without a Future when the socket takes
+    it all at once (the common case: nothing buffered, room in the kernel's send buffer)."""
+    if stream.closed():
+        return
+    if not len(stream._write_buffer):
+        try:
+            sent = stream.write_to_fd(memoryview(frame))
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # let the public path below meet the error and close the stream the usual way
+        if sent == len(frame):
+            return
+        frame = frame[sent:]
+    stream.write(frame)  # buffers the rest and writes it when the socket is writable; errors close the stream
 
 
 def origin_allowed(origin: str, host: str, patterns: tuple[str, ...]) -> bool:
@@ -60,27 +111,54 @@ def origin_allowed(origin: str, host: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(origin, p.lower()) for p in patterns)
 
 
+class RecordingProtocol(tornado.websocket.WebSocketProtocol13):
+    """Tornado's protocol, remembering the close code Tornado itself sends (1009 "message too big"), so the
+    disconnect is logged and counted with it. Tested by the oversized-frame test (metric `code="1009"`)."""
+
+    sent_close: tuple[int, str] | None = None
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if code is not None and self.sent_close is None and not (self.server_terminated or self.client_terminated):
+            self.sent_close = (code, reason or "")
+        super().close(code, reason)
+
+
 class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def initialize(
         self, node: Node, verifier: TokenVerifier, sub_verifier: TokenVerifier, handlers: dict[str, Handler],
-        drain: Drain,
+        drain: Drain, gate: ConnectionGate,
     ) -> None:
         self.node = node
         self.drain = drain
+        self.gate = gate
         self.verifier = verifier
         self.sub_verifier = sub_verifier
         self.handlers = handlers
         self.session: ClientSession | None = None
+        self.protocol: RecordingProtocol | None = None
+        self._counted = False
 
     def prepare(self) -> None:
         if self.drain.draining:
             raise tornado.web.HTTPError(503, reason="Shutting down")
+        refusal = self.gate.refusal()
+        if refusal is not None:
+            self.node.metrics.refused(refusal)
+            raise tornado.web.HTTPError(503, reason="Too many connections")
 
     def check_origin(self, origin: str) -> bool:
         allowed = origin_allowed(origin, self.request.host, self.node.config.client.allowed_origins)
         if not allowed:
+            self.node.metrics.refused("origin")
             log.info("refused upgrade from origin %s", origin)
         return allowed
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if isinstance(protocol, tornado.websocket.WebSocketProtocol13):
+            self.protocol = RecordingProtocol(self, False, protocol.params)
+            return self.protocol
+        return protocol
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return None  # JSON needs no subprotocol (SDKs send none)
@@ -90,6 +168,8 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.set_nodelay(True)
+        self.gate.opened()
+        self._counted = True
         self.session = ClientSession(
             self.node, TornadoTransport(self), self.verifier, self.handlers, self.sub_verifier)
 
@@ -98,6 +178,18 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         if self.session is not None:
             await self.session.handle_frame(message)
 
-    def on_close(self) -> None:
+    def on_ping(self, data: bytes) -> None:
         if self.session is not None:
-            self.session.on_transport_closed()
+            self.session.on_transport_ping()
+
+    def on_close(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.gate.closed()
+        if self.session is None:
+            return
+        sent = self.protocol.sent_close if self.protocol is not None else None
+        if sent is not None:  # Tornado closed it (e.g. 1009)
+            self.session.on_transport_closed(sent[0], sent[1], by_peer=False)
+        else:
+            self.session.on_transport_closed(self.close_code or 1006, self.close_reason or "")

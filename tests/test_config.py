@@ -108,12 +108,32 @@ def test_env_sets_nested_and_list_options() -> None:
         ({"channel": {"namespaces": [{"name": "ok", "force_recovery": True}]}}, "channel.namespaces[0]"),
         ({"channel": {"without_namespace": {"history_size": 5}}}, "channel.without_namespace"),
         ({"channel": {"namespaces": [{"name": "ab", "channel_regex": "("}]}}, "channel.namespaces[0].channel_regex"),
+        ({"client": {"connection_limit": -1}}, "client.connection_limit"),
+        ({"client": {"command_rate_limit": {"rate": -1}}}, "client.command_rate_limit.rate"),
+        ({"client": {"command_rate_limit": {"burst": 0}}}, "client.command_rate_limit.burst"),
+        ({"http_server": {"port": 8000, "internal_port": 8000}}, "http_server.internal_port"),
+        ({"http_server": {"header_timeout": 0}}, "http_server.header_timeout"),
+        ({"websocket": {"message_size_limit": 0}}, "websocket.message_size_limit"),
+        ({"websocket_max_message_size": 1, "websocket": {"message_size_limit": 2}}, "websocket_max_message_size"),
+        ({"watchdog": {"lag_threshold": "soon"}}, "watchdog.lag_threshold"),
+        ({"log_format": "xml"}, "log_format"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, "c.json", json.dumps(data)), {}, {})
     assert info.value.key == key
+
+
+def test_limits_and_observability_options_from_file_and_env(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.json", json.dumps({
+        "websocket_max_message_size": 4096, "watchdog": {"lag_threshold": "50ms"},
+        "http_server": {"internal_port": 9100, "header_timeout": "5s"}}))
+    config = load_config(path, {"GUST_CLIENT_COMMAND_RATE_LIMIT_RATE": "20", "GUST_LOG_FORMAT": "json"}, {})
+    assert config.websocket.message_size_limit == 4096  # the alias lands on the Centrifugo v6 name
+    assert config.watchdog.lag_threshold == 0.05 and config.http_server.header_timeout == 5.0
+    assert config.http_server.internal_port == 9100
+    assert config.client.command_rate_limit.rate == 20 and config.log_format == "json"
 
 
 def test_env_with_wrong_type_names_the_key() -> None:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
+import orjson
 import pytest
 
 from .conftest import SECRET
@@ -43,6 +44,13 @@ async def closed_with(client: RawClient, code: int) -> None:
 
 CLOSE_CASES: list[tuple[str, list[str], int]] = [
     ("malformed json", ['{"id":1,"connect":{}'], 3501),
+    ("truncated json", ['{"id":1,"connect":{"token":"abc'], 3501),
+    ("empty object with an id only", ['{"id":1,"connect":{}}', '{"id":7}'], 3501),
+    ("id as a string", ['{"id":"1","connect":{}}'], 3501),
+    ("negative id", ['{"id":-1,"connect":{}}'], 3501),
+    ("id beyond uint32", ['{"id":4294967296,"connect":{}}'], 3501),
+    ("fractional id", ['{"id":1.5,"connect":{}}'], 3501),
+    ("null request", ['{"id":1,"connect":{}}', '{"id":2,"history":null}'], 3501),
     ("json array", ["[1,2,3]"], 3501),
     ("json scalar", ["42"], 3501),
     ("command before connect", ['{"id":1,"subscribe":{"channel":"chat:a"}}'], 3501),
@@ -165,6 +173,54 @@ async def test_bad_request_gets_error_reply(client_factory, case: str, method: s
     # the connection survives an error reply
     assert "presence_stats" in await client.command("presence_stats", {"channel": "chat:a"})
     await assert_still_served(control)
+
+
+# A wrong JSON type in any field a handler reads: error 107, the connection stays (Centrifuge's "bad request").
+WRONG_TYPES: list[tuple[str, dict[str, Any]]] = [
+    ("subscribe", {"channel": "chat:w", "token": 1}),
+    ("subscribe", {"channel": "chat:w", "recover": "yes"}),
+    ("subscribe", {"channel": "chat:w", "offset": "1"}),
+    ("subscribe", {"channel": "chat:w", "epoch": 1}),
+    ("subscribe", {"channel": "chat:w", "positioned": 1}),
+    ("subscribe", {"channel": "chat:w", "recoverable": []}),
+    ("subscribe", {"channel": "chat:w", "join_leave": {}}),
+    ("subscribe", {"channel": ["chat:w"]}),
+    ("unsubscribe", {"channel": 1}),
+    ("publish", {"channel": {"a": 1}, "data": {}}),
+    ("presence", {"channel": True}),
+    ("presence_stats", {"channel": 1.5}),
+    ("history", {"channel": "chat:w", "limit": 1.5}),
+    ("history", {"channel": "chat:w", "since": "1"}),
+    ("history", {"channel": "chat:w", "since": {"offset": "1"}}),
+    ("history", {"channel": "chat:w", "since": {"offset": 1, "epoch": 5}}),
+    ("history", {"channel": "chat:w", "reverse": "true"}),
+    ("refresh", {"token": 5}),
+    ("sub_refresh", {"channel": 5, "token": "t"}),
+    ("subscribe", "chat:w"),  # type: ignore[list-item]
+    ("history", [1]),  # type: ignore[list-item]
+]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(("method", "params"), WRONG_TYPES, ids=[f"{m}-{p}" for m, p in WRONG_TYPES])
+async def test_wrong_type_in_any_field_is_107(client_factory, method: str, params: Any) -> None:
+    control = await healthy(client_factory)
+    client = await client_factory()
+    await client.connect()
+    cmd_id = client.next_id()
+    await client.send_raw(orjson.dumps({"id": cmd_id, method: params}))
+    reply = await client.reply(cmd_id)
+    assert reply["error"]["code"] == 107, reply
+    assert "presence_stats" in await client.command("presence_stats", {"channel": "chat:control"})
+    await assert_still_served(control)
+
+
+@pytest.mark.gen_test
+async def test_connect_with_a_wrong_token_type_is_107(client_factory) -> None:
+    client = await client_factory()
+    reply = await client.command("connect", {"token": 12})
+    assert reply["error"]["code"] == 107
+    assert "connect" in await client.command("connect", {})
 
 
 @pytest.mark.gen_test

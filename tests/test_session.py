@@ -15,6 +15,7 @@ from server.engines.memory import MemoryEngine
 from server.handlers import HANDLERS
 from server.model import ClientInfo, StreamPosition
 from server.node import Node
+from server.outbound import ws_text_frame
 from server.session import ClientSession, State
 
 from .conftest import make_config
@@ -26,8 +27,10 @@ class FakeTransport:
         self.closed: tuple[int, str] | None = None
         self.pending = 0
 
-    def write(self, frame: bytes) -> None:
-        self.frames.append(frame)
+    def write(self, payload: bytes, framed: bytes | None = None) -> None:
+        if framed is not None:  # the hub's shared frame must carry exactly this payload
+            assert framed == ws_text_frame(payload), (framed, payload)
+        self.frames.append(payload)
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)

@@ -1,0 +1,135 @@
+"""The outbound fast path: frames built once, written straight to Tornado's IOStream, one flush per turn.
+
+`test_fast_path_is_active_on_this_tornado` is the canary the fast path promises: if a Tornado release changes
+the IOStream internals it relies on, the transport silently falls back to the public `write_message` path, and
+this test fails so that someone looks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import orjson
+import pytest
+
+from server.app import Gust
+from server.model import Publication
+from server.outbound import ws_text_frame
+from server.session import ClientSession
+from server.websocket import TornadoTransport
+
+from .wsclient import RawClient
+
+
+def parse_frame(frame: bytes) -> tuple[int, bytes]:
+    """(first byte, payload) of one unmasked frame, checking that the length header is exact."""
+    first, second = frame[0], frame[1]
+    assert not second & 0x80, "server frames are never masked"
+    size, start = second & 0x7F, 2
+    if size == 126:
+        size, start = struct.unpack("!H", frame[2:4])[0], 4
+    elif size == 127:
+        size, start = struct.unpack("!Q", frame[2:10])[0], 10
+    payload = frame[start:]
+    assert len(payload) == size
+    return first, payload
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 300_000])
+def test_text_frame_lengths(size: int) -> None:
+    payload = b"x" * size
+    first, body = parse_frame(ws_text_frame(payload))
+    assert first == 0x81 and body == payload  # FIN + text
+    shortest = 2 if size < 126 else 4 if size < 65536 else 10
+    assert len(ws_text_frame(payload)) == size + shortest
+
+
+async def read_frame(rd: asyncio.StreamReader) -> bytes:
+    """The payload of the next (unmasked, unfragmented) frame from the server."""
+    first, second = await rd.readexactly(2)
+    size = second & 0x7F
+    if size == 126:
+        size = struct.unpack("!H", await rd.readexactly(2))[0]
+    elif size == 127:
+        size = struct.unpack("!Q", await rd.readexactly(8))[0]
+    assert first == 0x81
+    return await rd.readexactly(size)
+
+
+def sessions(gust: Gust) -> list[ClientSession]:
+    return [s for s in gust.node.hub.all_sessions() if isinstance(s, ClientSession)]
+
+
+@pytest.mark.gen_test
+async def test_fast_path_is_active_on_this_tornado(client_factory, gust: Gust) -> None:
+    client: RawClient = await client_factory()
+    await client.connect()
+    (session,) = sessions(gust)
+    transport = session.transport
+    assert isinstance(transport, TornadoTransport)
+    assert transport.fast, "Tornado's IOStream internals changed: the outbound fast path is off (see websocket.py)"
+    assert transport.pending_bytes() == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_big_frames_to_a_slow_reader_arrive_whole_and_in_order(client_factory, gust: Gust) -> None:
+    """More than the socket takes at once: the rest waits in IOStream's buffer, in order, nothing lost."""
+    reader: RawClient = await client_factory()
+    await reader.connect()
+    await reader.command("subscribe", {"channel": "chat:big"})
+    (session,) = sessions(gust)
+    transport = session.transport
+    assert isinstance(transport, TornadoTransport) and transport._stream is not None
+    transport._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # a small kernel buffer
+    blob = "y" * 60_000
+    for i in range(10):  # 600 KB in one IOLoop turn: one frame, mostly left in IOStream's buffer
+        gust.node.hub.broadcast("chat:big", Publication(data=orjson.dumps({"i": i, "blob": blob})))
+    for _ in range(10):  # the flush runs within a loop iteration or two
+        await asyncio.sleep(0)
+        if not session._out:
+            break
+    assert not session._out
+    assert transport.pending_bytes() > 0
+    for _ in range(500):  # the client reads in the background; stay under queue_max_size (1 MiB) with batch 2
+        if transport.pending_bytes() < 200_000:
+            break
+        await asyncio.sleep(0.01)
+    for i in range(10):
+        gust.node.hub.broadcast("chat:big", Publication(data=orjson.dumps({"i": 10 + i, "blob": blob})))
+    seen: list[int] = []
+    while len(seen) < 20:
+        push = await reader.push("pub")
+        assert push["pub"]["data"]["blob"] == blob
+        seen.append(push["pub"]["data"]["i"])
+    assert seen == list(range(20))
+    assert transport.pending_bytes() == 0
+
+
+@pytest.mark.gen_test
+async def test_one_turn_of_output_is_one_frame_and_shared_frames_reach_everyone(client_factory, gust: Gust,
+                                                                                 http_port: int) -> None:
+    clients = []
+    for _ in range(3):
+        client: RawClient = await client_factory()
+        await client.connect()
+        await client.command("subscribe", {"channel": "chat:fan"})
+        clients.append(client)
+    # A raw socket reader, to see frame boundaries as they are on the wire.
+    rd, wr = await asyncio.open_connection("127.0.0.1", http_port)
+    wr.write(b"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+             b"Sec-WebSocket-Version: 13\r\n\r\n")
+    await asyncio.wait_for(rd.readuntil(b"\r\n\r\n"), 5)
+    for command in (b'{"id":1,"connect":{}}', b'{"id":2,"subscribe":{"channel":"chat:fan"}}'):
+        wr.write(bytes((0x81, 0x80 | len(command))) + b"\x00\x00\x00\x00" + command)  # masked with zeros
+        await asyncio.wait_for(read_frame(rd), 5)  # its reply
+    for i in range(3):  # published in one IOLoop turn: one frame per subscriber
+        gust.node.hub.broadcast("chat:fan", Publication(data=orjson.dumps({"n": i})))
+    for client in clients:
+        got = [(await client.push("pub"))["pub"]["data"]["n"] for _ in range(3)]
+        assert got == [0, 1, 2]
+    frame = await asyncio.wait_for(read_frame(rd), 5)
+    wr.close()
+    assert frame.count(b'"pub"') == 3 and frame.count(b"\n") == 2  # three pushes, newline-joined, one frame
