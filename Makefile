@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev,redis]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev,redis,bench]'
 	touch $@
 
 $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
