@@ -1,7 +1,7 @@
 """The bundled chat web app: RequestHandlers for its pages and its small JSON endpoints.
 
 Owns: the chat handlers, `chat_routes`, `RateLimiter`, `SecurityHeaders`. May import: node, config, chat_setup,
-model, protocol, auth, tornado.
+limits, model, protocol, auth, tornado.
 
 Integration pattern (the same as any backend in front of Gust): the login form (XSRF-protected) puts the
 nickname in a signed cookie; the chat page gets a connection token minted by the server for that user, and
@@ -26,6 +26,7 @@ from .auth import make_connection_token
 from .chat_setup import ChatSetup
 from .config import ROOM_NAME_RE, ChatConfig
 from .engines import EngineError
+from .limits import TokenBucket
 from .node import Node
 from .protocol import ReplyError
 
@@ -52,28 +53,26 @@ def nickname_problem(nick: str) -> str:
 class RateLimiter:
     """A token bucket per user: `burst` messages at once, refilled at `per_minute` per minute."""
 
+    MAX_USERS = 10000  # above this, buckets that are full again are forgotten
+
     def __init__(self, burst: int, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.burst = float(burst)
         self.rate = per_minute / 60.0
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, updated)
+        self._buckets: dict[str, TokenBucket] = {}
 
     def take(self, user: str) -> float:
         """Take one token for `user`: 0.0 when allowed, else the seconds until one is available."""
-        now = self.clock()
-        tokens, updated = self._buckets.get(user, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - updated) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[user] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[user] = (tokens, now)
-        if len(self._buckets) > 10000:
-            self._forget_full(now)
-        return (1.0 - tokens) / self.rate
+        bucket = self._buckets.get(user)
+        if bucket is None:
+            if len(self._buckets) >= self.MAX_USERS:
+                self._forget_full()
+            bucket = self._buckets[user] = TokenBucket(self.rate, self.burst, self.clock)
+        return bucket.take_or_wait()
 
-    def _forget_full(self, now: float) -> None:
-        for user, (tokens, updated) in list(self._buckets.items()):
-            if tokens + (now - updated) * self.rate >= self.burst:
+    def _forget_full(self) -> None:
+        for user, bucket in list(self._buckets.items()):
+            if bucket.level() >= self.burst:
                 del self._buckets[user]
 
 

@@ -31,14 +31,24 @@ class TokenBucket:
         self._clock = clock
         self._stamp = clock()
 
-    def take(self) -> bool:
+    def level(self) -> float:
+        """The tokens available now (refilled up to `burst`)."""
         now = self._clock()
         self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate)
         self._stamp = now
-        if self.tokens >= 1:
+        return self.tokens
+
+    def take(self) -> bool:
+        if self.level() >= 1:
             self.tokens -= 1
             return True
         return False
+
+    def take_or_wait(self) -> float:
+        """Spend a token: 0.0 when there was one, else the seconds until there is one."""
+        if self.take():
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
 
 
 class Verdict(enum.Enum):
