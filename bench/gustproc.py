@@ -55,8 +55,10 @@ class GustProcess:
 
     def __enter__(self) -> GustProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "server", "--config", str(self.config_path)],
-                                     env=env, stdout=subprocess.DEVNULL)
+        # The server's log (one line per connection, lag warnings under saturation) goes to a file, not the table.
+        with (Path(self._tmp.name) / "server.log").open("wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "server", "--config", str(self.config_path)],
+                                         env=env, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             self.check_alive()
