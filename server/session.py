@@ -116,6 +116,12 @@ Handler = Callable[["ClientSession", dict[str, Any]], Awaitable[dict[str, Any]]]
 class ClientSession:
     """A connection's protocol state. Commands of one connection run strictly one after another."""
 
+    __slots__ = (  # thousands of these live at once: no per-instance __dict__
+        "_deferred", "_flush_queued", "_loop", "_out", "_out_bytes", "_out_framed", "_pong_due", "_tasks", "_timers",
+        "client_id", "close_code", "config", "conn_info", "expire_at", "handlers", "limiter", "meta", "node", "state",
+        "sub_verifier", "subs", "transport", "user", "verifier",
+    )
+
     def __init__(
         self, node: Node, transport: Transport, verifier: TokenVerifier, handlers: dict[str, Handler],
         sub_verifier: TokenVerifier | None = None,
