@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench.publish $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/ruff check server tests bench examples
 	$(VENV)/bin/mypy
 
 types: lint

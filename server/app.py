@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,17 @@ from .api import ApiHandler
 from .auth import build_verifiers
 from .chat import chat_routes
 from .chat_setup import ChatSetup, prepare_chat
-from .config import Config
+from .config import Config, from_dict, tls_context
 from .engines import create_engine
 from .handlers import HANDLERS
+from .hooks import Hooks
 from .lifecycle import Drain
 from .limits import ConnectionGate
 from .metrics import Metrics
 from .node import Node
 from .pages import HealthHandler, IndexHandler, MetricsHandler, ReadyHandler, StaticFiles
 from .protocol import Disconnects
+from .pyapi import ServerAPI
 from .session import ClientSession
 from .watchdog import LoopWatchdog
 from .websocket import WebSocketHandler
@@ -39,10 +42,17 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR.parent / "static"
 
 
-class Gust:
-    """One Gust node: engine + node + the Tornado application that serves it."""
+class Gust(ServerAPI):
+    """One Gust node: engine + node + the Tornado application that serves it.
 
-    def __init__(self, config: Config) -> None:
+    Embedded in a Tornado application: `Gust(config, hooks=Hooks(...))` (a `Config`, or a dict as a config file
+    gives it), `await gust.mount(app, "/rt")`, then the server API as coroutines (`await gust.publish(...)`, see
+    `ServerAPI`) and `await gust.close()` on shutdown."""
+
+    def __init__(self, config: Config | Mapping[str, Any], hooks: Hooks | None = None) -> None:
+        if not isinstance(config, Config):
+            config = from_dict(config)
+        self.hooks = hooks
         self.chat: ChatSetup | None = None
         if config.chat.enabled:  # may add the chat namespace and a generated token key to the config
             self.chat = prepare_chat(config)
@@ -83,7 +93,7 @@ class Gust:
     def routes(self, prefix: str = "") -> list[tornado.routing.Rule]:
         ws_kwargs: dict[str, Any] = {
             "node": self.node, "verifier": self.verifier, "sub_verifier": self.sub_verifier, "handlers": HANDLERS,
-            "drain": self.drain, "gate": self.gate}
+            "drain": self.drain, "gate": self.gate, "hooks": self.hooks}
         rules: list[tornado.routing.Rule] = [
             tornado.web.url(prefix + r"/connection/websocket", WebSocketHandler, ws_kwargs, name="websocket"),
             tornado.web.url(prefix + r"/api/([a-z_]+)", ApiHandler, {"node": self.node, "drain": self.drain}),
@@ -93,6 +103,21 @@ class Gust:
         if self.chat is not None:
             return rules + chat_routes(prefix, self.node, self.chat)
         return [*rules, tornado.web.url(prefix + r"/", IndexHandler, {"node": self.node})]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], hooks: Hooks | None = None) -> Gust:
+        """A node from a plain mapping, with the keys and values of a JSON config file (validated)."""
+        return cls(from_dict(data), hooks)
+
+    async def mount(self, app: tornado.web.Application, prefix: str = "/rt", start: bool = True) -> None:
+        """Serve this node from an existing application: the WebSocket endpoint `<prefix>/connection/websocket`,
+        the HTTP API `<prefix>/api/<method>` and `<prefix>/health|ready|metrics` (unless on an internal port).
+        These rules take precedence over the application's own. Then start the node (unless `start` is False)."""
+        own = (WebSocketHandler, ApiHandler, HealthHandler, ReadyHandler, MetricsHandler)
+        app.add_handlers(r".*$", [rule for rule in self.routes(prefix.rstrip("/")) if rule.target in own])
+        app.settings.setdefault("websocket_max_message_size", self.config.websocket.message_size_limit)
+        if start:
+            await self.start()
 
     def internal_routes(self, prefix: str = "") -> list[tornado.routing.Rule]:
         """`/health`, `/ready`, `/metrics`: on the main port, or alone on `http_server.internal_port`."""
@@ -135,8 +160,9 @@ async def serve(config: Config) -> bool:
     servers = listen(gust)
     host = config.http_server.address or "127.0.0.1"
     shown = f"[{host}]" if ":" in host else host
-    log.info("Gust serving on http://%s:%d (engine %s)", shown, config.http_server.port, config.engine.type)
-    print(f"Gust is running: http://{shown}:{config.http_server.port}/", flush=True)
+    scheme = "https" if config.http_server.tls.enabled else "http"
+    log.info("Gust serving on %s://%s:%d (engine %s)", scheme, shown, config.http_server.port, config.engine.type)
+    print(f"Gust is running: {scheme}://{shown}:{config.http_server.port}/", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,11 +187,14 @@ async def serve(config: Config) -> bool:
 def listen(gust: Gust) -> list[tornado.httpserver.HTTPServer]:
     """The main HTTP server, and the internal one when `http_server.internal_port` is set."""
     http = gust.config.http_server
-    server = tornado.httpserver.HTTPServer(gust.make_app(), **gust.http_server_options())
+    tls = tls_context(http.tls) if http.tls.enabled else None  # validated at load; ConfigError names the key
+    server = tornado.httpserver.HTTPServer(gust.make_app(), ssl_options=tls, **gust.http_server_options())
     server.listen(http.port, http.address)
     if not http.internal_port:
         return [server]
-    internal = tornado.httpserver.HTTPServer(gust.make_internal_app(), **gust.http_server_options())
+    internal_tls = None if http.tls_external else tls  # as Centrifugo: the internal port too, unless tls_external
+    internal = tornado.httpserver.HTTPServer(gust.make_internal_app(), ssl_options=internal_tls,
+                                             **gust.http_server_options())
     try:
         internal.listen(http.internal_port, http.internal_address or http.address)
     except OSError:

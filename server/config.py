@@ -2,15 +2,21 @@
 file, `GUST_*` environment variables and command-line flags (in rising precedence), validated before anything
 listens. Errors name the offending key.
 
-Owns: `Config` and its sections, `ChannelOptions`, `load_config`, `ConfigError`, `parse_duration`.
+Owns: `Config` and its sections, `ChannelOptions`, `load_config`, `ConfigError`, `parse_duration`,
+`tls_context` (the server's `SSLContext` from `http_server.tls`).
 Must not import anything outside the standard library.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
+import os
 import re
+import ssl
+import tempfile
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -168,9 +174,21 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """`http_server.tls` (Centrifugo v6's TLS object, server side): `cert_pem` and `key_pem` each take PEM content,
+    base64-encoded PEM, or the path of a PEM file (checked in that order, as Centrifugo's `PEMData`)."""
+
+    enabled: bool = False
+    cert_pem: str = ""  # the certificate, followed by any intermediates
+    key_pem: str = ""  # its private key (unencrypted)
+
+
+@dataclass(frozen=True)
 class HttpServerConfig:
     address: str = "127.0.0.1"
     port: int = 8000
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    tls_external: bool = False  # TLS only on `port`, not on `internal_port`
     internal_port: int = 0  # /metrics, /health, /ready on this port instead (0 = on `port`)
     internal_address: str = ""  # "" = `address`
     header_timeout: float = dur(20.0)  # a request's headers must arrive within this (also the keep-alive idle limit)
@@ -498,6 +516,8 @@ def validate(config: Config) -> None:
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level", f"expected debug, info, warning or error, got {config.log_level!r}")
     _validate_limits(config)
+    if config.http_server.tls.enabled:
+        tls_context(config.http_server.tls)
     _validate_channel_options(config.channel.without_namespace, "channel.without_namespace")
     seen: set[str] = set()
     for i, ns in enumerate(config.channel.namespaces):
@@ -536,6 +556,66 @@ def _validate_limits(config: Config) -> None:
     _positive(config.watchdog.lag_threshold, "watchdog.lag_threshold")
     if config.log_format not in ("text", "json"):
         raise ConfigError("log_format", f"expected text or json, got {config.log_format!r}")
+
+
+_PEM_BLOCK_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.+?-----END \1-----", re.S)
+
+
+def load_pem(value: str, key: str) -> bytes:
+    """Centrifugo's `PEMData`: PEM content, base64-encoded PEM, or the path of a PEM file. The value is never
+    echoed in errors (it may be a private key)."""
+    raw = value.encode("utf-8", "replace")
+    if _PEM_BLOCK_RE.search(raw):
+        return raw
+    try:
+        decoded = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if _PEM_BLOCK_RE.search(decoded):
+        return decoded
+    try:
+        is_file = bool(value) and "\n" not in value and Path(value).is_file()
+        content = Path(value).read_bytes() if is_file else b""
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {value}: {exc.strerror}") from None
+    if not is_file:
+        raise ConfigError(key, "expected PEM content, base64-encoded PEM, or the path of an existing PEM file")
+    if not _PEM_BLOCK_RE.search(content):
+        raise ConfigError(key, f"file {value} holds no PEM data")
+    return content
+
+
+def tls_context(tls: TlsConfig, key: str = "http_server.tls") -> ssl.SSLContext:
+    """A server `SSLContext` (TLS 1.2+) from `cert_pem` and `key_pem`; problems raise `ConfigError` naming the key."""
+    for name in ("cert_pem", "key_pem"):
+        if not getattr(tls, name):
+            raise ConfigError(f"{key}.{name}", "required when TLS is enabled")
+    cert = load_pem(tls.cert_pem, f"{key}.cert_pem")
+    private = load_pem(tls.key_pem, f"{key}.key_pem")
+    try:  # parses every certificate in it: a certificate problem is named as such, not as a key mismatch
+        ssl.create_default_context().load_verify_locations(cadata=cert.decode("ascii"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{key}.cert_pem", f"not a valid PEM certificate ({_ssl_reason(exc)})") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory(prefix="gust-tls-") as tmp:  # OpenSSL loads a chain from files only
+        paths = []
+        for name, data in (("cert.pem", cert), ("key.pem", private)):
+            path = os.path.join(tmp, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            paths.append(path)
+        try:  # an empty password: an encrypted key fails here instead of prompting on a terminal
+            context.load_cert_chain(paths[0], paths[1], password=lambda: b"")
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"{key}.key_pem", "not an unencrypted private key matching cert_pem "
+                              f"({_ssl_reason(exc)})") from None
+    return context
+
+
+def _ssl_reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else str(exc)
 
 
 def _validate_chat(chat: ChatConfig) -> None:

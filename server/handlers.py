@@ -2,7 +2,7 @@
 or raising `ReplyError` (an error reply) or `ProtocolError` (close). Permission rules follow Centrifugo.
 
 Owns: `HANDLERS`, the dispatch table a `ClientSession` uses. May import: model, protocol, auth, channels,
-session, config.
+session, config, hooks. The embedding application's hooks (`s.hooks`) are awaited here, inside the command.
 """
 
 from __future__ import annotations
@@ -10,9 +10,18 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .auth import SubscriptionClaims
+from .auth import Claims, SubOptions, SubscriptionClaims
 from .channels import PRIVATE_PREFIX, may, user_limited_allows
 from .config import ChannelOptions
+from .hooks import (
+    ConnectRequest,
+    PublishRequest,
+    RpcRequest,
+    SubscribeRequest,
+    SubscribeResult,
+    UpgradeRequest,
+    encode_json,
+)
 from .model import StreamPosition
 from .protocol import (
     Disconnects,
@@ -35,12 +44,31 @@ from .subscriptions import connect_server_subs, establish, go_live, new_subscrip
 Result = dict[str, Any]
 
 
+async def _connect_claims(s: ClientSession, params: Result) -> tuple[Claims | None, bytes | None]:
+    """The connection's identity: from its token, else from `hooks.on_connecting` when set (None from the hook:
+    as without it). With the reply's `data` the hook chose."""
+    token = get_str(params, "token")
+    on_connecting = s.hooks.on_connecting if s.hooks is not None else None
+    if token or on_connecting is None:
+        return await s.authenticate(token), None
+    request = ConnectRequest(s.client_id, s.http or UpgradeRequest({}), params.get("data"), get_str(params, "name"),
+                             get_str(params, "version"))
+    decided = await on_connecting(request)
+    if decided is None:
+        return await s.authenticate(""), None
+    info = encode_json(decided.info) if decided.info is not None else None
+    claims = Claims(decided.user, decided.expire_at, info, None, {ch: SubOptions() for ch in decided.channels})
+    return claims, encode_json(decided.data) if decided.data is not None else None
+
+
 async def handle_connect(s: ClientSession, params: Result) -> Result:
-    claims = await s.authenticate(get_str(params, "token"))
+    claims, reply_data = await _connect_claims(s, params)
     server_subs = resolve_server_subs(s, claims.subs) if claims is not None else []
     s.check_user_connection_limit(claims.user if claims is not None else "")
     s.accept(claims)
     result = s.connect_result()
+    if reply_data is not None:
+        result["data"] = raw(reply_data)
     if server_subs:
         result["subs"] = await connect_server_subs(s, server_subs, params.get("subs"))
     return result
@@ -117,8 +145,13 @@ async def handle_subscribe(s: ClientSession, params: Result) -> Result:
     if token:  # Centrifugo answers 103 for an invalid subscription token at subscribe (3500 at sub_refresh)
         denied = ReplyError(ErrorCode.PERMISSION_DENIED, "invalid subscription token")
         claims = await _subscription_claims(s, channel, token, denied)
+    decided: SubscribeResult | None = None
     if claims is None:
-        _check_subscribe_permission(s, opts, channel)
+        on_subscribe = s.hooks.on_subscribe if s.hooks is not None else None
+        if on_subscribe is not None:
+            decided = await on_subscribe(SubscribeRequest(s.client_id, s.user, channel, params.get("data")))
+        if decided is None:
+            _check_subscribe_permission(s, opts, channel)
     else:
         opts = with_override(opts, claims.options.override)
     if channel in s.subs:  # subscribed meanwhile by the server (the token check awaited)
@@ -128,6 +161,8 @@ async def handle_subscribe(s: ClientSession, params: Result) -> Result:
     positioned = opts.force_positioning or (opts.allow_positioning and wants_position)
     join_leave = get_bool(params, "join_leave") and _may_read_presence(s, opts, channel)
     chan_info = claims.options.info if claims is not None else None
+    if decided is not None and decided.info is not None:
+        chan_info = encode_json(decided.info)
     sub = new_subscription(s, channel, opts, chan_info, recoverable, positioned, join_leave)
     requested = StreamPosition(get_int(params, "offset"), get_str(params, "epoch"))
     if requested.offset < 0:
@@ -139,6 +174,8 @@ async def handle_subscribe(s: ClientSession, params: Result) -> Result:
         if claims.expire_at:
             s.set_sub_expiry(sub, claims.expire_at)
             result.update(expires=True, ttl=ttl_of(claims.expire_at))
+    if decided is not None and decided.data is not None:
+        result["data"] = raw(encode_json(decided.data))
     s.after_reply(functools.partial(go_live, s, sub))
     return result
 
@@ -155,9 +192,16 @@ async def handle_publish(s: ClientSession, params: Result) -> Result:
     channel = channel_param(params)
     data = get_data(params)
     opts = s.node.resolve(channel)
-    if not _may(s, channel, opts.allow_publish_for_subscriber, opts.allow_publish_for_client,
-                opts.allow_publish_for_anonymous):
-        raise ReplyError(ErrorCode.PERMISSION_DENIED, "publish not allowed")
+    on_publish = s.hooks.on_publish if s.hooks is not None else None
+    decided = None
+    if on_publish is not None:
+        decided = await on_publish(PublishRequest(s.client_id, s.user, channel, params["data"]))
+    if decided is None:
+        if not _may(s, channel, opts.allow_publish_for_subscriber, opts.allow_publish_for_client,
+                    opts.allow_publish_for_anonymous):
+            raise ReplyError(ErrorCode.PERMISSION_DENIED, "publish not allowed")
+    elif decided.data is not None:
+        data = encode_json(decided.data)
     await s.node.publish(channel, data, info=s.info)
     return {}
 
@@ -219,7 +263,12 @@ async def handle_sub_refresh(s: ClientSession, params: Result) -> Result:
 
 
 async def handle_rpc(s: ClientSession, params: Result) -> Result:
-    raise ReplyError(ErrorCode.NOT_AVAILABLE, "no RPC handler is configured")
+    """To `hooks.on_rpc`; 108 without it (as Centrifugo without RPC proxies)."""
+    on_rpc = s.hooks.on_rpc if s.hooks is not None else None
+    if on_rpc is None:
+        raise ReplyError(ErrorCode.NOT_AVAILABLE, "no RPC handler is configured")
+    decided = await on_rpc(RpcRequest(s.client_id, s.user, get_str(params, "method"), params.get("data")))
+    return {"data": raw(encode_json(decided.data if decided is not None else None))}
 
 
 HANDLERS: dict[str, Handler] = {

@@ -4,7 +4,7 @@ through a `Transport`; no Tornado import, so it runs under a fake transport in t
 Owns: the connection state (`State`), per-subscription state (`Subscription`), command dispatch, the bounded
 outgoing buffer coalesced into one newline-joined frame per IOLoop turn, server pings and pong deadlines, the
 stale timer and connection expiry. Permission checks for subscribe/publish/history/presence live in
-`handlers.py`. May import: model, protocol, auth, channels, node, config.
+`handlers.py`. May import: model, protocol, auth, channels, node, config, hooks.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from . import __version__
 from .auth import Claims, KeysUnavailable, TokenExpired, TokenInvalid, TokenVerifier, lifetime_over
 from .config import Config
 from .engines import EngineError
+from .hooks import DisconnectEvent, Hooks, SendRequest, UpgradeRequest
 from .limits import CommandLimiter, Verdict
 from .model import ClientInfo, Publication
 from .node import Node
@@ -118,15 +119,17 @@ class ClientSession:
 
     __slots__ = (  # thousands of these live at once: no per-instance __dict__
         "_deferred", "_flush_queued", "_loop", "_out", "_out_bytes", "_out_framed", "_pong_due", "_tasks", "_timers",
-        "client_id", "close_code", "config", "conn_info", "expire_at", "handlers", "limiter", "meta", "node", "state",
-        "sub_verifier", "subs", "transport", "user", "verifier",
+        "client_id", "close_code", "config", "conn_info", "expire_at", "handlers", "hooks", "http", "limiter", "meta",
+        "node", "state", "sub_verifier", "subs", "transport", "user", "verifier",
     )
 
     def __init__(
         self, node: Node, transport: Transport, verifier: TokenVerifier, handlers: dict[str, Handler],
-        sub_verifier: TokenVerifier | None = None,
+        sub_verifier: TokenVerifier | None = None, hooks: Hooks | None = None, http: UpgradeRequest | None = None,
     ):
         self.node = node
+        self.hooks = hooks  # the embedding application's hooks (server/hooks.py), None when not embedded
+        self.http = http  # the upgrade request, for `hooks.on_connecting`
         self.config: Config = node.config
         self.transport = transport
         self.verifier = verifier
@@ -173,8 +176,7 @@ class ClientSession:
         if not self._admit(cmd.id):
             return
         if cmd.method == "send":
-            # No asynchronous message handler exists in this server: Centrifuge closes with 3508.
-            self.close(Disconnects.NOT_AVAILABLE)
+            await self._handle_send(cmd)
             return
         connected = self.state is State.CONNECTED
         if (cmd.method == "connect") == connected:
@@ -213,6 +215,27 @@ class ClientSession:
             log.exception("client %s: %s failed", self.client_id, cmd.method)
             self.reply_error(cmd.id, ReplyError(ErrorCode.INTERNAL))
         return None
+
+    async def _handle_send(self, cmd: Command) -> None:
+        """An asynchronous message: to `hooks.on_send` (no reply; errors are logged). Without that hook
+        Centrifuge closes with 3508."""
+        on_send = self.hooks.on_send if self.hooks is not None else None
+        if on_send is None:
+            self.close(Disconnects.NOT_AVAILABLE)
+            return
+        if self.state is not State.CONNECTED:
+            self._protocol_violation(ProtocolError("expected connect, got send"))
+            return
+        data = cmd.params.get("data") if isinstance(cmd.params, dict) else None
+        started = time.perf_counter()
+        try:
+            await on_send(SendRequest(self.client_id, self.user, data))
+        except ProtocolError as exc:
+            self._protocol_violation(exc)
+        except Exception:
+            log.exception("client %s: send hook failed", self.client_id)
+        finally:
+            self.node.metrics.command("client", "send", time.perf_counter() - started)
 
     def reply_error(self, cmd_id: int, exc: ReplyError) -> None:
         self.node.metrics.error("client", exc.code)
@@ -360,6 +383,17 @@ class ClientSession:
         self.node.metrics.disconnect(str(code) if not by_peer or code in (1000, 1001, 1006) else "other")
         log.info("client %s disconnected: user %r, code %d %r%s", self.client_id, self.user, code, reason[:123],
                  " (by the peer)" if by_peer else "")
+        on_disconnect = self.hooks.on_disconnect if self.hooks is not None else None
+        if on_disconnect is not None and self.state is State.CONNECTED:
+            self.spawn(self._notify_disconnect(on_disconnect, DisconnectEvent(self.client_id, self.user, code, reason)))
+
+    async def _notify_disconnect(
+        self, hook: Callable[[DisconnectEvent], Awaitable[None]], event: DisconnectEvent
+    ) -> None:
+        try:
+            await hook(event)
+        except Exception:
+            log.exception("client %s: disconnect hook failed", self.client_id)
 
     def _release(self) -> None:
         was_connected = self.state is State.CONNECTED

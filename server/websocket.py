@@ -1,7 +1,7 @@
 """The Tornado `WebSocketHandler` at `/connection/websocket`: origin check, and an adapter that turns
 `write_message`/`close` into the session's `Transport`. All protocol logic lives in `session.py`.
 
-May import: session, handlers, node, auth, config, limits, lifecycle, tornado.
+May import: session, handlers, node, auth, config, limits, lifecycle, hooks, tornado.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tornado.concurrent import Future
 from tornado.iostream import IOStream
 
 from .auth import TokenVerifier
+from .hooks import Hooks, UpgradeRequest
 from .lifecycle import Drain
 from .limits import ConnectionGate
 from .node import Node
@@ -126,9 +127,10 @@ class RecordingProtocol(tornado.websocket.WebSocketProtocol13):
 class WebSocketHandler(tornado.websocket.WebSocketHandler):
     def initialize(
         self, node: Node, verifier: TokenVerifier, sub_verifier: TokenVerifier, handlers: dict[str, Handler],
-        drain: Drain, gate: ConnectionGate,
+        drain: Drain, gate: ConnectionGate, hooks: Hooks | None = None,
     ) -> None:
         self.node = node
+        self.hooks = hooks
         self.drain = drain
         self.gate = gate
         self.verifier = verifier
@@ -170,8 +172,14 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.set_nodelay(True)
         self.gate.opened()
         self._counted = True
+        http = None
+        if self.hooks is not None and self.hooks.on_connecting is not None:
+            secret = self.settings.get("cookie_secret")
+            http = UpgradeRequest(
+                dict(self.request.headers.get_all()), self.request.uri or "", self.request.remote_ip or "",
+                self.get_signed_cookie if secret else None)
         self.session = ClientSession(
-            self.node, TornadoTransport(self), self.verifier, self.handlers, self.sub_verifier)
+            self.node, TornadoTransport(self), self.verifier, self.handlers, self.sub_verifier, self.hooks, http)
 
     async def on_message(self, message: str | bytes) -> None:
         # Tornado reads the next message only after this coroutine returns: commands stay in order.
