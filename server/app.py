@@ -22,7 +22,8 @@ from .api import ApiHandler
 from .auth import build_verifiers
 from .chat import chat_routes
 from .chat_setup import ChatSetup, prepare_chat
-from .config import Config, from_dict, tls_context
+from .config import Config
+from .config_load import from_dict, tls_context
 from .engines import create_engine
 from .handlers import HANDLERS
 from .hooks import Hooks

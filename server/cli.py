@@ -21,7 +21,8 @@ from typing import Any
 from . import __version__
 from .auth import KeysUnavailable, TokenError, TokenExpired, TokenVerifier, build_verifiers, make_connection_token
 from .chat_setup import ChatSetupError
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
+from .config_load import load_config
 from .engines import EngineError
 from .logs import configure_logging
 

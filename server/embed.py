@@ -14,7 +14,8 @@ types the API returns (model, protocol). May import: app, pyapi, hooks, model, p
 from __future__ import annotations
 
 from .app import Gust
-from .config import Config, from_dict
+from .config import Config
+from .config_load import from_dict
 from .hooks import (
     CloseConnection,
     ConnectRequest,

@@ -11,7 +11,8 @@ import tornado.ioloop
 import tornado.web
 
 from server.app import Gust
-from server.config import DEVELOPMENT_PRESET, Config, deep_merge, from_dict
+from server.config import DEVELOPMENT_PRESET, Config
+from server.config_load import deep_merge, from_dict
 
 from .browser import browser  # noqa: F401  (the real-Chromium fixture, for the browser tests)
 from .wsclient import RawClient

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server.config import deep_merge
+from server.config_load import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "k"

@@ -22,7 +22,8 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
 from server.app import Gust
-from server.config import DEVELOPMENT_PRESET, ConfigError, deep_merge
+from server.config import DEVELOPMENT_PRESET, ConfigError
+from server.config_load import deep_merge
 
 from .conftest import SECRET, make_config
 from .wsclient import Closed, RawClient

@@ -111,7 +111,7 @@ def test_genconfig_writes_a_starter_config(tmp_path: Path) -> None:
     assert "chat" in names
 
     # The file loads with Gust's own loader (what `serve` would use).
-    from server.config import load_config
+    from server.config_load import load_config
 
     loaded = load_config(path)
     assert loaded.http_api.key == api_key

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, load_config, parse_duration
+from server.config import ConfigError, parse_duration
+from server.config_load import load_config
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -23,7 +23,7 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from server.config import load_config
+from server.config_load import load_config
 
 from .procs import REPO, GustProcess, free_port
 from .test_tls import TlsGustProcess, make_certificate

@@ -24,7 +24,8 @@ from cryptography.x509.oid import NameOID
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from server.config import ConfigError, TlsConfig, tls_context
+from server.config import ConfigError, TlsConfig
+from server.config_load import tls_context
 
 from .procs import API_KEY, GustProcess, free_port
 from .wsclient import RawClient
