@@ -15,6 +15,7 @@ from server.config import DEVELOPMENT_PRESET, Config
 from server.config_load import deep_merge, from_dict
 
 from .browser import browser  # noqa: F401  (the real-Chromium fixture, for the browser tests)
+from .procs import GustProcess
 from .wsclient import RawClient
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"
@@ -73,3 +74,12 @@ def client_factory(ws_url: str) -> Iterator[Any]:
     yield connect
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[GustProcess]]:
+    """Every server process a test makes goes in here and is SIGKILLed at teardown if still running."""
+    made: list[GustProcess] = []
+    yield made
+    for proc in made:
+        proc.cleanup()

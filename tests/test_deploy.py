@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,12 +56,6 @@ def healthcheck_command() -> list[str]:
     return command
 
 
-@pytest.fixture
-def procs() -> Iterator[list[GustProcess]]:
-    made: list[GustProcess] = []
-    yield made
-    for proc in made:
-        proc.cleanup()
 
 
 # --- Dockerfile --------------------------------------------------------------------------------------------

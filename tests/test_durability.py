@@ -46,13 +46,6 @@ SHUTDOWN_TIMEOUT = 10.0
 RECOVERED = re.compile(r"history store: recovered (\d+) channel\(s\), (\d+) publication\(s\) in \d+ ms")
 
 
-@pytest.fixture
-def procs() -> Iterator[list[GustProcess]]:
-    """Every server process a test makes goes in here and is SIGKILLed at teardown if still running."""
-    made: list[GustProcess] = []
-    yield made
-    for proc in made:
-        proc.cleanup()
 
 
 def new_server(procs: list[GustProcess], workdir: Path, **kwargs: Any) -> GustProcess:

@@ -12,7 +12,6 @@ import http.client
 import ipaddress
 import json
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +83,6 @@ def certificate(tmp_path: Path) -> tuple[Path, str, str]:
     return cert_file, cert_pem, key_pem
 
 
-@pytest.fixture
-def procs() -> Iterator[list[GustProcess]]:
-    made: list[GustProcess] = []
-    yield made
-    for proc in made:
-        proc.cleanup()
 
 
 @pytest.mark.gen_test(timeout=40)
