@@ -1,14 +1,19 @@
 """Event recorders for the centrifuge-python SDK: every client and subscription event is kept, in lists (with
-the time it arrived, where tests compare it with a deadline) and in queues to await."""
+the time it arrived, where tests compare it with a deadline) and in queues to await; `sdk_client` opens a
+connected client with them."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TypeVar
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 from centrifuge import (
+    Client,
     ClientEventHandler,
+    ClientState,
     ConnectedContext,
     ConnectingContext,
     DisconnectedContext,
@@ -30,6 +35,22 @@ WAIT = 5.0
 
 async def next_event(queue: asyncio.Queue[T], timeout: float = WAIT) -> T:
     return await asyncio.wait_for(queue.get(), timeout)
+
+
+@asynccontextmanager
+async def sdk_client(url: str, **kwargs: Any) -> AsyncIterator[tuple[Client, ClientEvents, ConnectedContext]]:
+    """A connected SDK client (no proxy from the environment; `kwargs` go to `Client`), always disconnected on exit."""
+    events = ClientEvents()
+    client = Client(url, events=events, proxy=None, **kwargs)
+    try:
+        await client.connect()
+        ctx = await next_event(events.connected)
+        assert client.state == ClientState.CONNECTED
+        yield client, events, ctx
+    finally:
+        await client.disconnect()
+        # Let the SDK's fire-and-forget transport close finish before the loop goes away.
+        await asyncio.sleep(0.05)
 
 
 class ClientEvents(ClientEventHandler):

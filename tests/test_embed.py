@@ -8,8 +8,8 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from examples.embedded_app import CONFIG, ExampleApp
 from server.embed import ErrorCode, Refuse, RpcRequest, RpcResult, StreamPosition
 
 from .nodejs import run_script
-from .sdkevents import ClientEvents, SubEvents, next_event
+from .sdkevents import ClientEvents, SubEvents, next_event, sdk_client
 
 pytestmark = pytest.mark.sdk
 
@@ -69,17 +69,10 @@ async def login(base: str, name: str) -> str:
     return f"user={jar['user'].coded_value}"
 
 
-@asynccontextmanager
-async def client_as(url: str, cookie: str | None) -> AsyncIterator[tuple[Client, ClientEvents, ConnectedContext]]:
-    events = ClientEvents()
-    client = Client(url, events=events, proxy=None, headers={"Cookie": cookie} if cookie else None)
-    try:
-        await client.connect()
-        ctx = await next_event(events.connected)
-        yield client, events, ctx
-    finally:
-        await client.disconnect()
-        await asyncio.sleep(0.05)
+def client_as(url: str, cookie: str | None
+              ) -> AbstractAsyncContextManager[tuple[Client, ClientEvents, ConnectedContext]]:
+    """A connected SDK client that sends the example app's login cookie with its upgrade request."""
+    return sdk_client(url, headers={"Cookie": cookie} if cookie else None)
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -18,8 +18,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import jwt
@@ -41,6 +40,7 @@ from server.config import DEVELOPMENT_PRESET
 from .conftest import SECRET
 from .nodejs import run_script
 from .sdkevents import WAIT, ClientEvents, SubEvents, next_event
+from .sdkevents import sdk_client as shared_sdk_client
 
 pytestmark = pytest.mark.sdk
 
@@ -120,20 +120,9 @@ def error_codes(errors: list[Any]) -> list[tuple[int, int | None]]:
     return [(e.code, e.error.code if isinstance(e.error, ReplyError) else None) for e in errors]
 
 
-@asynccontextmanager
-async def sdk_client(url: str, **kwargs: Any) -> AsyncIterator[tuple[Client, ClientEvents, ConnectedContext]]:
-    """A connected SDK client (no proxy from the environment, quick reconnects), always disconnected on exit."""
-    events = ClientEvents()
-    client = Client(url, events=events, proxy=None, min_reconnect_delay=0.1, max_reconnect_delay=0.5, **kwargs)
-    try:
-        await client.connect()
-        ctx = await next_event(events.connected)
-        assert client.state == ClientState.CONNECTED
-        yield client, events, ctx
-    finally:
-        await client.disconnect()
-        # Let the SDK's fire-and-forget transport close finish before the loop goes away.
-        await asyncio.sleep(0.05)
+def sdk_client(url: str, **kwargs: Any) -> AbstractAsyncContextManager[tuple[Client, ClientEvents, ConnectedContext]]:
+    """The shared SDK client with quick reconnects (expiry and refresh tests wait on them)."""
+    return shared_sdk_client(url, min_reconnect_delay=0.1, max_reconnect_delay=0.5, **kwargs)
 
 
 def server_session(gust: Gust, client_id: str) -> Any:

@@ -10,8 +10,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import jwt
@@ -19,7 +17,6 @@ import pytest
 from centrifuge import (
     Client,
     ClientState,
-    ConnectedContext,
     ReplyError,
     StreamPosition,
     SubscribedContext,
@@ -31,7 +28,7 @@ from server.app import Gust
 from server.protocol import Disconnects
 
 from .conftest import SECRET
-from .sdkevents import ClientEvents, SubEvents, next_event
+from .sdkevents import SubEvents, next_event, sdk_client
 
 pytestmark = pytest.mark.sdk
 
@@ -53,22 +50,6 @@ def unique_channel() -> str:
 def connection_token(user: str, info: dict[str, Any]) -> str:
     claims = {"sub": user, "exp": int(time.time()) + 3600, "info": info}
     return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-@asynccontextmanager
-async def sdk_client(url: str, **kwargs: Any) -> AsyncIterator[tuple[Client, ClientEvents, ConnectedContext]]:
-    """A connected SDK client (no proxy from the environment), always disconnected on exit."""
-    events = ClientEvents()
-    client = Client(url, events=events, proxy=None, **kwargs)
-    try:
-        await client.connect()
-        ctx = await next_event(events.connected)
-        assert client.state == ClientState.CONNECTED
-        yield client, events, ctx
-    finally:
-        await client.disconnect()
-        # Let the SDK's fire-and-forget transport close finish before the loop goes away.
-        await asyncio.sleep(0.05)
 
 
 async def subscribe(client: Client, channel: str) -> tuple[Any, SubEvents, SubscribedContext]:
