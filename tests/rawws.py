@@ -52,6 +52,7 @@ class RawWebSocket:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.last_fin = False  # the FIN bit of the frame `read_frame` returned last
 
     @classmethod
     async def connect(cls, port: int, rcvbuf: int | None = None, headers: dict[str, str] | None = None
@@ -81,6 +82,7 @@ class RawWebSocket:
         """(opcode, payload) of the next server frame; EOFError when the TCP connection ends."""
         try:
             head = await asyncio.wait_for(self.reader.readexactly(2), timeout)
+            self.last_fin = bool(head[0] & 0x80)
             n = head[1] & 0x7F
             if n == 126:
                 n = struct.unpack("!H", await self.reader.readexactly(2))[0]

@@ -20,6 +20,7 @@ from server.outbound import ws_text_frame
 from server.session import ClientSession
 from server.websocket import TornadoTransport
 
+from .rawws import TEXT, RawWebSocket
 from .wsclient import RawClient
 
 
@@ -44,18 +45,6 @@ def test_text_frame_lengths(size: int) -> None:
     assert first == 0x81 and body == payload  # FIN + text
     shortest = 2 if size < 126 else 4 if size < 65536 else 10
     assert len(ws_text_frame(payload)) == size + shortest
-
-
-async def read_frame(rd: asyncio.StreamReader) -> bytes:
-    """The payload of the next (unmasked, unfragmented) frame from the server."""
-    first, second = await rd.readexactly(2)
-    size = second & 0x7F
-    if size == 126:
-        size = struct.unpack("!H", await rd.readexactly(2))[0]
-    elif size == 127:
-        size = struct.unpack("!Q", await rd.readexactly(8))[0]
-    assert first == 0x81
-    return await rd.readexactly(size)
 
 
 def sessions(gust: Gust) -> list[ClientSession]:
@@ -116,20 +105,17 @@ async def test_one_turn_of_output_is_one_frame_and_shared_frames_reach_everyone(
         await client.connect()
         await client.command("subscribe", {"channel": "chat:fan"})
         clients.append(client)
-    # A raw socket reader, to see frame boundaries as they are on the wire.
-    rd, wr = await asyncio.open_connection("127.0.0.1", http_port)
-    wr.write(b"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-             b"Sec-WebSocket-Version: 13\r\n\r\n")
-    await asyncio.wait_for(rd.readuntil(b"\r\n\r\n"), 5)
-    for command in (b'{"id":1,"connect":{}}', b'{"id":2,"subscribe":{"channel":"chat:fan"}}'):
-        wr.write(bytes((0x81, 0x80 | len(command))) + b"\x00\x00\x00\x00" + command)  # masked with zeros
-        await asyncio.wait_for(read_frame(rd), 5)  # its reply
+    raw = await RawWebSocket.connect(http_port)  # a raw reader, to see frame boundaries as they are on the wire
+    await raw.send_commands({"id": 1, "connect": {}})
+    await raw.read_messages()
+    await raw.send_commands({"id": 2, "subscribe": {"channel": "chat:fan"}})
+    await raw.read_messages()
     for i in range(3):  # published in one IOLoop turn: one frame per subscriber
         gust.node.hub.broadcast("chat:fan", Publication(data=orjson.dumps({"n": i})))
     for client in clients:
         got = [(await client.push("pub"))["pub"]["data"]["n"] for _ in range(3)]
         assert got == [0, 1, 2]
-    frame = await asyncio.wait_for(read_frame(rd), 5)
-    wr.close()
+    opcode, frame = await raw.read_frame()
+    raw.close()
+    assert opcode == TEXT and raw.last_fin
     assert frame.count(b'"pub"') == 3 and frame.count(b"\n") == 2  # three pushes, newline-joined, one frame
