@@ -157,24 +157,30 @@ class ChatPageHandler(ChatHandler):
                     xsrf=self.xsrf_token.decode())
 
 
-class TokenHandler(ChatHandler):
-    """`/chat/token`: a fresh connection token for the logged-in user (the page's token refresh)."""
+class ChatEndpoint(ChatHandler):
+    """A JSON endpoint for the logged-in user: anyone else gets 401 `login_required` (after Tornado's XSRF check)."""
 
-    def get(self) -> None:
+    user = ""
+
+    def prepare(self) -> None:
         user = self.current_user
         if not user:
             self.write_error_json(401, "login_required", "Your session has ended: please log in again.")
             return
-        self.write_json({"token": self.mint_token(user)})
+        self.user = user
 
 
-class RoomsHandler(ChatHandler):
+class TokenHandler(ChatEndpoint):
+    """`/chat/token`: a fresh connection token for the logged-in user (the page's token refresh)."""
+
+    def get(self) -> None:
+        self.write_json({"token": self.mint_token(self.user)})
+
+
+class RoomsHandler(ChatEndpoint):
     """`/chat/rooms`: rooms with people in them first (with counts), then the default rooms."""
 
     async def get(self) -> None:
-        if not self.current_user:
-            self.write_error_json(401, "login_required", "Your session has ended: please log in again.")
-            return
         prefix = self.chat.namespace + ":"
         rooms: dict[str, int] = {room: 0 for room in self.chat.default_rooms}
         for channel in self.node.hub.channels():
@@ -188,14 +194,10 @@ class RoomsHandler(ChatHandler):
         self.write_json({"rooms": [{"name": name, "users": users} for name, users in ordered]})
 
 
-class MessagesHandler(ChatHandler):
+class MessagesHandler(ChatEndpoint):
     """`POST /chat/rooms/<room>/messages` `{"text": ...}`: length and rate checked, then published."""
 
     async def post(self, room: str) -> None:
-        user = self.current_user
-        if not user:
-            self.write_error_json(401, "login_required", "Your session has ended: please log in again.")
-            return
         if not ROOM_NAME_RE.fullmatch(room):
             self.write_error_json(400, "bad_room", "That is not a room name.")
             return
@@ -203,7 +205,7 @@ class MessagesHandler(ChatHandler):
         if text is None:
             self.write_error_json(400, "bad_request", 'Expected a JSON body {"text": "..."}.')
             return
-        await self._publish(user, room, text)
+        await self._publish(self.user, room, text)
 
     def _text(self) -> str | None:
         try:
