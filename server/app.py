@@ -53,7 +53,7 @@ class Gust(ServerAPI):
     def __init__(self, config: Config | Mapping[str, Any], hooks: Hooks | None = None) -> None:
         if not isinstance(config, Config):
             config = from_dict(config)
-        self.hooks = hooks
+        self.hooks = hooks or Hooks()  # no hooks: every field None, Gust's own behaviour
         self.chat: ChatSetup | None = None
         if config.chat.enabled:  # may add the chat namespace and a generated token key to the config
             self.chat = prepare_chat(config)

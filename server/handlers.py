@@ -48,7 +48,7 @@ async def _connect_claims(s: ClientSession, params: Result) -> tuple[Claims | No
     """The connection's identity: from its token, else from `hooks.on_connecting` when set (None from the hook:
     as without it). With the reply's `data` the hook chose."""
     token = get_str(params, "token")
-    on_connecting = s.hooks.on_connecting if s.hooks is not None else None
+    on_connecting = s.hooks.on_connecting
     if token or on_connecting is None:
         return await s.authenticate(token), None
     request = ConnectRequest(s.client_id, s.http or UpgradeRequest({}), params.get("data"), get_str(params, "name"),
@@ -147,7 +147,7 @@ async def handle_subscribe(s: ClientSession, params: Result) -> Result:
         claims = await _subscription_claims(s, channel, token, denied)
     decided: SubscribeResult | None = None
     if claims is None:
-        on_subscribe = s.hooks.on_subscribe if s.hooks is not None else None
+        on_subscribe = s.hooks.on_subscribe
         if on_subscribe is not None:
             decided = await on_subscribe(SubscribeRequest(s.client_id, s.user, channel, params.get("data")))
         if decided is None:
@@ -192,7 +192,7 @@ async def handle_publish(s: ClientSession, params: Result) -> Result:
     channel = channel_param(params)
     data = get_data(params)
     opts = s.node.resolve(channel)
-    on_publish = s.hooks.on_publish if s.hooks is not None else None
+    on_publish = s.hooks.on_publish
     decided = None
     if on_publish is not None:
         decided = await on_publish(PublishRequest(s.client_id, s.user, channel, params["data"]))
@@ -264,7 +264,7 @@ async def handle_sub_refresh(s: ClientSession, params: Result) -> Result:
 
 async def handle_rpc(s: ClientSession, params: Result) -> Result:
     """To `hooks.on_rpc`; 108 without it (as Centrifugo without RPC proxies)."""
-    on_rpc = s.hooks.on_rpc if s.hooks is not None else None
+    on_rpc = s.hooks.on_rpc
     if on_rpc is None:
         raise ReplyError(ErrorCode.NOT_AVAILABLE, "no RPC handler is configured")
     decided = await on_rpc(RpcRequest(s.client_id, s.user, get_str(params, "method"), params.get("data")))

@@ -128,7 +128,7 @@ class ClientSession:
         sub_verifier: TokenVerifier | None = None, hooks: Hooks | None = None, http: UpgradeRequest | None = None,
     ):
         self.node = node
-        self.hooks = hooks  # the embedding application's hooks (server/hooks.py), None when not embedded
+        self.hooks = hooks or Hooks()  # the embedding application's hooks (server/hooks.py); all None when not embedded
         self.http = http  # the upgrade request, for `hooks.on_connecting`
         self.config: Config = node.config
         self.transport = transport
@@ -219,7 +219,7 @@ class ClientSession:
     async def _handle_send(self, cmd: Command) -> None:
         """An asynchronous message: to `hooks.on_send` (no reply; errors are logged). Without that hook
         Centrifuge closes with 3508."""
-        on_send = self.hooks.on_send if self.hooks is not None else None
+        on_send = self.hooks.on_send
         if on_send is None:
             self.close(Disconnects.NOT_AVAILABLE)
             return
@@ -383,7 +383,7 @@ class ClientSession:
         self.node.metrics.disconnect(str(code) if not by_peer or code in (1000, 1001, 1006) else "other")
         log.info("client %s disconnected: user %r, code %d %r%s", self.client_id, self.user, code, reason[:123],
                  " (by the peer)" if by_peer else "")
-        on_disconnect = self.hooks.on_disconnect if self.hooks is not None else None
+        on_disconnect = self.hooks.on_disconnect
         if on_disconnect is not None and self.state is State.CONNECTED:
             self.spawn(self._notify_disconnect(on_disconnect, DisconnectEvent(self.client_id, self.user, code, reason)))
 

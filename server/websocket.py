@@ -130,7 +130,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         drain: Drain, gate: ConnectionGate, hooks: Hooks | None = None,
     ) -> None:
         self.node = node
-        self.hooks = hooks
+        self.hooks = hooks or Hooks()
         self.drain = drain
         self.gate = gate
         self.verifier = verifier
@@ -173,7 +173,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.gate.opened()
         self._counted = True
         http = None
-        if self.hooks is not None and self.hooks.on_connecting is not None:
+        if self.hooks.on_connecting is not None:
             secret = self.settings.get("cookie_secret")
             http = UpgradeRequest(
                 dict(self.request.headers.get_all()), self.request.uri or "", self.request.remote_ip or "",
