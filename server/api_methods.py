@@ -12,13 +12,12 @@ import base64
 import binascii
 import fnmatch
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from . import __version__
+from .cluster import ControlOp, SurveyOp
 from .engines import EngineError
 from .node import Node
 from .protocol import (
@@ -100,43 +99,86 @@ async def broadcast(node: Node, params: Result) -> Result:
     return {"responses": responses}
 
 
+# Connection operations: checked here, then run on every node (`Cluster.send`) by the CONTROL_OPS below, so
+# they reach the user's connections wherever they are connected.
+
+
 async def subscribe(node: Node, params: Result) -> Result:
-    channel = _required_str(params, "channel")
-    node.resolve(channel)
-    chan_info = _json_field(params, "info")
-    data = _json_field(params, "data")
-    for session in _sessions(node, params):
-        await server_subscribe(session, channel, chan_info, data)
+    node.resolve(_required_str(params, "channel"))
+    _json_field(params, "info")
+    _json_field(params, "data")
+    _check_target(params)
+    await node.cluster.send("subscribe", params)
     return {}
 
 
 async def unsubscribe(node: Node, params: Result) -> Result:
-    channel = _required_str(params, "channel")
-    for session in _sessions(node, params):
-        session.server_unsubscribe(channel)
+    _required_str(params, "channel")
+    _check_target(params)
+    await node.cluster.send("unsubscribe", params)
     return {}
 
 
 async def disconnect(node: Node, params: Result) -> Result:
-    whitelist = set(get_list(params, "whitelist"))
-    spec = params.get("disconnect")
-    reason = Disconnects.FORCE_DISCONNECT
-    if spec is not None:
-        spec = request_object("disconnect", spec)
-        code = get_int(spec, "code", reason.code)
-        if not 3000 <= code <= 4999:
-            raise ReplyError(ErrorCode.BAD_REQUEST, "disconnect.code must be in 3000..4999")
-        text = get_str(spec, "reason", reason.reason)
-        if len(text.encode()) > 123:
-            raise ReplyError(ErrorCode.BAD_REQUEST, "disconnect.reason longer than 123 bytes")
-        reason = Disconnect(code, text)
-    for session in _sessions(node, params):
-        if session.client_id not in whitelist:
-            session.close(reason)
+    _disconnect_reason(params)
+    _check_target(params)
+    await node.cluster.send("disconnect", params)
     return {}
 
 
 async def refresh(node: Node, params: Result) -> Result:
+    get_bool(params, "expired")
+    get_int(params, "expire_at")
+    _json_field(params, "info")
+    _check_target(params)
+    await node.cluster.send("refresh", params)
+    return {}
+
+
+def _check_target(params: Result) -> None:
+    if not get_str(params, "user") and not get_str(params, "client"):
+        raise ReplyError(ErrorCode.BAD_REQUEST, "user required")
+
+
+def _disconnect_reason(params: Result) -> Disconnect:
+    spec = params.get("disconnect")
+    if spec is None:
+        return Disconnects.FORCE_DISCONNECT
+    spec = request_object("disconnect", spec)
+    code = get_int(spec, "code", Disconnects.FORCE_DISCONNECT.code)
+    if not 3000 <= code <= 4999:
+        raise ReplyError(ErrorCode.BAD_REQUEST, "disconnect.code must be in 3000..4999")
+    text = get_str(spec, "reason", Disconnects.FORCE_DISCONNECT.reason)
+    if len(text.encode()) > 123:
+        raise ReplyError(ErrorCode.BAD_REQUEST, "disconnect.reason longer than 123 bytes")
+    return Disconnect(code, text)
+
+
+async def _apply_subscribe(node: Node, params: Result) -> None:
+    channel = get_str(params, "channel")
+    chan_info, data = _json_field(params, "info"), _json_field(params, "data")
+    for session in _sessions(node, params):
+        try:
+            await server_subscribe(session, channel, chan_info, data)
+        except ReplyError as exc:
+            log.info("server subscribe of client %s to %s: %s", session.client_id, channel, exc.message)
+
+
+async def _apply_unsubscribe(node: Node, params: Result) -> None:
+    channel = get_str(params, "channel")
+    for session in _sessions(node, params):
+        session.server_unsubscribe(channel)
+
+
+async def _apply_disconnect(node: Node, params: Result) -> None:
+    whitelist = set(get_list(params, "whitelist"))
+    reason = _disconnect_reason(params)
+    for session in _sessions(node, params):
+        if session.client_id not in whitelist:
+            session.close(reason)
+
+
+async def _apply_refresh(node: Node, params: Result) -> None:
     expired = get_bool(params, "expired")
     expire_at = get_int(params, "expire_at")
     info = _json_field(params, "info")
@@ -147,7 +189,6 @@ async def refresh(node: Node, params: Result) -> Result:
         if info is not None:
             session.conn_info = info
         session.set_expiry(expire_at)
-    return {}
 
 
 async def presence(node: Node, params: Result) -> Result:
@@ -174,25 +215,23 @@ async def history_remove(node: Node, params: Result) -> Result:
 
 
 async def channels(node: Node, params: Result) -> Result:
+    """Channels with subscribers on any node, with the number of clients summed over the nodes."""
     pattern = get_str(params, "pattern")
-    found = node.hub.channels()
-    return {"channels": {name: {"num_clients": n} for name, n in found.items()
+    totals: dict[str, int] = {}
+    for answer in await node.cluster.survey("channels", {"pattern": pattern}):
+        for name, count in answer.get("channels", {}).items():
+            totals[name] = totals.get(name, 0) + int(count)
+    return {"channels": {name: {"num_clients": n} for name, n in totals.items()}}
+
+
+async def _local_channels(node: Node, params: Result) -> Result:
+    pattern = get_str(params, "pattern")
+    return {"channels": {name: n for name, n in node.hub.channels().items()
                          if not pattern or fnmatch.fnmatchcase(name, pattern)}}
 
 
 async def info(node: Node, params: Result) -> Result:
-    hub = node.hub
-    port = node.config.http_server.port
-    return {"nodes": [{
-        "uid": node.uid,
-        "name": f"{socket.gethostname()}_{port}",
-        "version": __version__,
-        "num_clients": hub.num_clients,
-        "num_users": hub.num_users,
-        "num_channels": hub.num_channels,
-        "num_subs": hub.num_subscriptions,
-        "uptime": node.uptime(),
-    }]}
+    return {"nodes": node.cluster.nodes()}
 
 
 async def batch(node: Node, params: Result) -> Result:
@@ -242,6 +281,15 @@ API_METHODS: dict[str, Method] = {
     "info": info,
     "batch": batch,
 }
+
+
+CONTROL_OPS: dict[str, ControlOp] = {
+    "subscribe": _apply_subscribe,
+    "unsubscribe": _apply_unsubscribe,
+    "disconnect": _apply_disconnect,
+    "refresh": _apply_refresh,
+}
+SURVEYS: dict[str, SurveyOp] = {"channels": _local_channels}
 
 
 async def call(node: Node, method: str, params: Any) -> Result:

@@ -19,6 +19,7 @@ import tornado.routing
 import tornado.web
 
 from .api import ApiHandler
+from .api_methods import CONTROL_OPS, SURVEYS
 from .auth import build_verifiers
 from .chat import chat_routes
 from .chat_setup import ChatSetup, prepare_chat
@@ -61,6 +62,8 @@ class Gust(ServerAPI):
         self.config = config
         self.metrics = Metrics()
         self.node = Node(config, create_engine(config), metrics=self.metrics)
+        self.node.cluster.ops.update(CONTROL_OPS)
+        self.node.cluster.surveys.update(SURVEYS)
         self.verifier, self.sub_verifier = build_verifiers(config)
         self.drain = Drain()
         self.gate = ConnectionGate(config.client)
@@ -153,12 +156,12 @@ class Gust(ServerAPI):
         )
 
 
-async def serve(config: Config) -> bool:
+async def serve(config: Config, reuse_port: bool = False) -> bool:
     """Run until SIGINT/SIGTERM, then shut down gracefully within `shutdown.timeout`. False when the
-    shutdown did not finish in time."""
+    shutdown did not finish in time. `reuse_port`: bind with SO_REUSEPORT (a worker of `server.supervisor`)."""
     gust = Gust(config)
     await gust.start()
-    servers = listen(gust)
+    servers = listen(gust, reuse_port)
     host = config.http_server.address or "127.0.0.1"
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if config.http_server.tls.enabled else "http"
@@ -185,19 +188,20 @@ async def serve(config: Config) -> bool:
     return clean
 
 
-def listen(gust: Gust) -> list[tornado.httpserver.HTTPServer]:
-    """The main HTTP server, and the internal one when `http_server.internal_port` is set."""
+def listen(gust: Gust, reuse_port: bool = False) -> list[tornado.httpserver.HTTPServer]:
+    """The main HTTP server, and the internal one when `http_server.internal_port` is set. With `reuse_port`
+    both bind with SO_REUSEPORT, so several worker processes share the ports and the kernel spreads connections."""
     http = gust.config.http_server
     tls = tls_context(http.tls) if http.tls.enabled else None  # validated at load; ConfigError names the key
     server = tornado.httpserver.HTTPServer(gust.make_app(), ssl_options=tls, **gust.http_server_options())
-    server.listen(http.port, http.address)
+    server.listen(http.port, http.address, reuse_port=reuse_port)
     if not http.internal_port:
         return [server]
     internal_tls = None if http.tls_external else tls  # as Centrifugo: the internal port too, unless tls_external
     internal = tornado.httpserver.HTTPServer(gust.make_internal_app(), ssl_options=internal_tls,
                                              **gust.http_server_options())
     try:
-        internal.listen(http.internal_port, http.internal_address or http.address)
+        internal.listen(http.internal_port, http.internal_address or http.address, reuse_port=reuse_port)
     except OSError:
         server.stop()
         raise

@@ -1,7 +1,11 @@
 """The command line: `python -m server [serve|genconfig|checkconfig|gentoken|checktoken|version]`.
 
-Exit codes: 0 ok; 1 the command failed (token invalid, cannot listen, file exists); 2 bad usage or config.
-Every failure prints one line on stderr. May import: app, config, auth, logs.
+Exit codes: 0 ok; 1 the command failed (token invalid, cannot listen, file exists, workers keep dying at start,
+a worker did not stop cleanly); 2 bad usage or config (also `workers` > 1 with port 0).
+Every failure prints one line on stderr (a worker's own line comes before its supervisor's). `serve` with
+`http_server.workers` > 1 runs `supervisor.supervise`, which starts `python -m server <the same arguments>` per
+worker with GUST_WORKER set; a worker serves alone and binds with SO_REUSEPORT.
+May import: app, config, auth, logs, supervisor.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .config import Config, ConfigError
 from .config_load import load_config
 from .engines import EngineError
 from .logs import configure_logging
+from .supervisor import WORKER_ENV, SupervisorError, supervise, watch_supervisor
 
 STARTER_NAMESPACE: dict[str, Any] = {
     "name": "chat", "presence": True, "join_leave": True, "force_push_join_leave": True,
@@ -55,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         _config_options(p)
         p.add_argument("--port", type=int, default=None, help="http_server.port")
         p.add_argument("--address", default=None, help="http_server.address")
+        p.add_argument("--workers", type=int, default=None,
+                       help="http_server.workers: processes sharing the port (more than 1 needs the redis engine)")
         p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     gen = sub.add_parser("genconfig", help="write a starter config with fresh random secrets")
     gen.add_argument("--config", "-c", type=Path, default=Path("config.json"), help="where (default config.json)")
@@ -75,8 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    http = {k: v for k, v in (("port", getattr(args, "port", None)), ("address", getattr(args, "address", None)))
-            if v is not None}
+    http = {k: v for k in ("port", "address", "workers") if (v := getattr(args, k, None)) is not None}
     if http:
         out["http_server"] = http
     if getattr(args, "log_level", None) is not None:
@@ -165,17 +171,36 @@ def cmd_checktoken(args: argparse.Namespace, environ: dict[str, str]) -> None:
     print(json.dumps(claims, indent=2, sort_keys=True))
 
 
-def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
+def cmd_supervise(config: Config, argv: Sequence[str], environ: dict[str, str]) -> None:
+    try:
+        clean = supervise(config, argv, environ)
+    except SupervisorError as exc:
+        raise CommandError(str(exc), exc.code) from None
+    except ConfigError as exc:
+        raise CommandError(f"config error: {exc}", 2) from None
+    except ChatSetupError as exc:
+        raise CommandError(f"cannot start: {exc}") from None
+    if not clean:
+        raise CommandError("not every worker stopped cleanly (see above)")
+
+
+def cmd_serve(args: argparse.Namespace, environ: dict[str, str], argv: Sequence[str]) -> None:
     config = config_from_args(args, environ)
     configure_logging(config.log_level, config.log_format)
     if config.development:
         logging.getLogger("gust").warning(
             "no config file given: development setup (chat pages at /, anonymous clients, namespace 'chat'); "
             "not for production")
+    worker = WORKER_ENV in environ
+    if config.http_server.workers > 1 and not worker:
+        cmd_supervise(config, argv, environ)
+        return
+    if worker:
+        watch_supervisor(environ)
     from .app import serve
 
     try:
-        clean = asyncio.run(serve(config))
+        clean = asyncio.run(serve(config, reuse_port=worker))
     except ConfigError as exc:  # keys that cannot be loaded: found while building the app, before listening
         raise CommandError(f"config error: {exc}", 2) from None
     except OSError as exc:
@@ -189,6 +214,7 @@ def cmd_serve(args: argparse.Namespace, environ: dict[str, str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     environ = dict(os.environ)
     try:
@@ -204,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "checktoken":
                 cmd_checktoken(args, environ)
             case _:
-                cmd_serve(args, environ)
+                cmd_serve(args, environ, argv)
     except CommandError as exc:
         print(f"gust: {exc}", file=sys.stderr)
         return exc.code

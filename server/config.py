@@ -16,7 +16,7 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 NAMESPACE_NAME_RE = re.compile(r"^[-a-zA-Z0-9_]{2,}$")
 ROOM_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # chat rooms: the part after the chat namespace
-ENGINE_TYPES = ("memory",)
+ENGINE_TYPES = ("memory", "redis")
 
 
 class ConfigError(ValueError):
@@ -181,6 +181,7 @@ class HttpServerConfig:
     header_timeout: float = dur(20.0)  # a request's headers must arrive within this (also the keep-alive idle limit)
     body_timeout: float = dur(60.0)  # a request body must arrive within this
     max_header_size: int = 16384  # bytes of request line + headers
+    workers: int = 1  # processes serving `port` (SO_REUSEPORT), each a full node; > 1 needs engine.type "redis"
 
 
 @dataclass(frozen=True)
@@ -211,9 +212,22 @@ class MemoryEngineConfig:
 
 
 @dataclass(frozen=True)
+class RedisEngineConfig:
+    """`engine.redis`: one address, or several to shard channels across Redis instances (a channel lives on the
+    instance its name hashes to; the first instance also carries the nodes' control channel)."""
+
+    address: tuple[str, ...] = ("redis://127.0.0.1:6379",)  # redis://[user:password@]host:port/db, rediss:// = TLS
+    prefix: str = "gust"  # every key and pub/sub channel starts with this
+    connect_timeout: float = dur(1.0)  # a Redis that cannot be reached fails the operation after this
+    io_timeout: float = dur(4.0)  # a command without an answer fails after this (never a hang)
+    reconnect_max_delay: float = dur(5.0)  # the pub/sub listener retries with capped, jittered backoff
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     type: str = "memory"
     memory: MemoryEngineConfig = field(default_factory=MemoryEngineConfig)
+    redis: RedisEngineConfig = field(default_factory=RedisEngineConfig)
 
 
 @dataclass(frozen=True)

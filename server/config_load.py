@@ -58,6 +58,8 @@ def _convert(tp: Any, value: Any, key: str, is_duration: bool) -> Any:
             raise ConfigError(key, f"expected an object, got {value!r}")
         return build(typing.cast(type, tp), value, key)
     if typing.get_origin(tp) is tuple:
+        if isinstance(value, str) and typing.get_args(tp)[0] is str:
+            value = [value]  # one string where a list of strings is expected (engine.redis.address)
         if not isinstance(value, list | tuple):
             raise ConfigError(key, f"expected a list, got {value!r}")
         item = typing.get_args(tp)[0]
@@ -246,6 +248,7 @@ def validate(config: Config) -> None:
         raise ConfigError("engine.memory.persistence", f"expected sqlite or none, got {memory.persistence!r}")
     if memory.synchronous not in ("normal", "full"):
         raise ConfigError("engine.memory.synchronous", f"expected normal or full, got {memory.synchronous!r}")
+    _validate_redis(config)
     if not config.data_dir:
         raise ConfigError("data_dir", "must not be empty")
     if config.log_level not in ("debug", "info", "warning", "error"):
@@ -264,6 +267,27 @@ def validate(config: Config) -> None:
         seen.add(ns.name)
         _validate_channel_options(ns, key)
     _validate_chat(config.chat)
+
+
+def _validate_redis(config: Config) -> None:
+    workers = config.http_server.workers
+    if workers < 1:
+        raise ConfigError("http_server.workers", f"must be at least 1, got {workers}")
+    if workers > 1 and config.engine.type != "redis":
+        raise ConfigError("http_server.workers", f"{workers} workers need engine.type \"redis\": with the memory "
+                          "engine each process would have its own channels, history and presence")
+    if config.engine.type != "redis":
+        return
+    redis = config.engine.redis
+    if not redis.address:
+        raise ConfigError("engine.redis.address", "at least one redis:// address is required")
+    for i, address in enumerate(redis.address):
+        if not re.match(r"^(redis|rediss|unix)://", address):
+            raise ConfigError(f"engine.redis.address[{i}]", f"expected redis://, rediss:// or unix://, got {address!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", redis.prefix):
+        raise ConfigError("engine.redis.prefix", "expected letters, digits, _ . : or -")
+    for name in ("connect_timeout", "io_timeout", "reconnect_max_delay"):
+        _positive(getattr(redis, name), f"engine.redis.{name}")
 
 
 def _positive(value: float, key: str) -> None:

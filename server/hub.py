@@ -28,6 +28,10 @@ class Subscriber(Protocol):
 
     def deliver_join_leave(self, channel: str, frame: bytes) -> None: ...
 
+    def lost_position(self, channel: str) -> None:
+        """Publications of `channel` may be lost for good: a positioned subscription must resubscribe."""
+        ...
+
 
 class Hub:
     def __init__(self) -> None:
@@ -127,3 +131,7 @@ class Hub:
         frame = encode_join_leave_push(channel, kind, info)
         for sub in list(subs.values()):
             sub.deliver_join_leave(channel, frame)
+
+    def insufficient_state(self, channel: str) -> None:
+        for sub in list(self._channels.get(channel, {}).values()):
+            sub.lost_position(channel)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .channels import resolve_channel, split_namespace
+from .cluster import Cluster
 from .config import ChannelOptions, Config
 from .engines import Engine, EngineError, HistoryOptions
 from .hub import Hub, Subscriber
@@ -41,12 +42,15 @@ class Node:
         self._idempotent: dict[tuple[str, str], tuple[StreamPosition, float]] = {}
         self.uid = str(uuid.uuid4())
         self.started_at = time.monotonic()
+        self.cluster = Cluster(self)
 
     async def start(self) -> None:
-        await self.engine.start(self)
+        await self.engine.start(self, self.uid)
         self._maintenance = asyncio.create_task(self._maintain(), name="gust-node-maintenance")
+        await self.cluster.start()
 
     async def close(self) -> None:
+        await self.cluster.close()
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -74,6 +78,12 @@ class Node:
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
         self.hub.broadcast_join_leave(channel, "leave", info)
+
+    def on_insufficient_state(self, channel: str) -> None:
+        self.hub.insufficient_state(channel)
+
+    async def on_control(self, data: bytes) -> None:
+        await self.cluster.handle(data)
 
     # operations
 
@@ -198,9 +208,9 @@ class Node:
 
     async def refresh_presence(self) -> None:
         """Re-announce every local presence entry so the engine's TTL keeps it alive."""
-        ttl = self.config.client.presence_ttl
-        for (channel, client_id), info in list(self._presence_info.items()):
-            await self.engine.add_presence(channel, client_id, info, ttl)
+        entries = [(channel, client_id, info) for (channel, client_id), info in self._presence_info.items()]
+        if entries:
+            await self.engine.refresh_presence(entries, self.config.client.presence_ttl)
 
 
 @dataclass

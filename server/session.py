@@ -524,6 +524,11 @@ class ClientSession:
         for pub in pubs:
             self.deliver_publication(sub.channel, pub, encode_pub_push(sub.channel, pub))
 
+    def lost_position(self, channel: str) -> None:
+        sub = self.subs.get(channel)
+        if sub is not None and sub.positioned and sub.state is SubState.LIVE:
+            self.insufficient_state(sub)
+
     def server_unsubscribe(self, channel: str) -> bool:
         """Unsubscribe by the server (HTTP API): push code 2000 "server unsubscribe"."""
         return self._unsubscribe_with(channel, UNSUBSCRIBE_SERVER)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from server.config_load import deep_merge, from_dict
 
 from .browser import browser  # noqa: F401  (the real-Chromium fixture, for the browser tests)
 from .procs import GustProcess
+from .redisproc import REDIS_MISSING, RedisServer, redis_available
 from .wsclient import RawClient
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"
@@ -83,3 +85,41 @@ def procs() -> Iterator[list[GustProcess]]:
     yield made
     for proc in made:
         proc.cleanup()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not any(line.split(":")[0].strip() == "redis" for line in config.getini("markers")):
+        config.addinivalue_line("markers", "redis: tests that need a Redis server")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One `redis-server` of our own for the whole run (never the shared one), stopped at the end."""
+    if not redis_available():
+        pytest.skip(REDIS_MISSING)
+    server = RedisServer(workdir=tmp_path_factory.mktemp("redis-shared"))
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so tests sharing `redis_server` never see each other's keys."""
+    return f"gtest{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh `redis-server` for this test alone (fault tests: kill, pause, restart), stopped after."""
+    if not redis_available():
+        pytest.skip(REDIS_MISSING)
+    server = RedisServer(workdir=tmp_path / "redis")
+    server.start()
+    yield server
+    server.cleanup()

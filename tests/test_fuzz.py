@@ -83,7 +83,7 @@ sequences = st.tuples(st.booleans(), st.lists(frames, min_size=1, max_size=5)).m
 # --- the decoder ----------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=1000, database=None)
+@settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200) | commands().map(encode))
 def test_decoder_returns_a_command_or_raises_protocol_error(line: bytes) -> None:
     try:

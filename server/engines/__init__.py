@@ -42,11 +42,20 @@ class EngineEvents(Protocol):
 
     def on_leave(self, channel: str, info: ClientInfo) -> None: ...
 
+    def on_insufficient_state(self, channel: str) -> None:
+        """Publications of `channel` may have been missed and cannot be replayed (e.g. a new epoch after a Redis
+        restart): positioned subscribers must resubscribe and recover."""
+        ...
+
+    async def on_control(self, data: bytes) -> None:
+        """A control message from `publish_control` (any node, this one included), in publication order."""
+        ...
+
 
 class Engine(Protocol):
     """Broker, history and presence. Every method may raise `EngineError`."""
 
-    async def start(self, events: EngineEvents) -> None: ...
+    async def start(self, events: EngineEvents, node_id: str = "") -> None: ...
 
     async def close(self) -> None: ...
 
@@ -54,6 +63,10 @@ class Engine(Protocol):
         self, channel: str, data: bytes, info: ClientInfo | None, tags: dict[str, str], opts: HistoryOptions
     ) -> StreamPosition:
         """Assign the next offset (when history is on), store, and deliver through `on_publication`."""
+        ...
+
+    async def publish_control(self, data: bytes) -> None:
+        """Deliver `data` to `on_control` of every node (this one included); awaited until it is sent."""
         ...
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
@@ -80,6 +93,10 @@ class Engine(Protocol):
 
     async def remove_presence(self, channel: str, client_id: str) -> None: ...
 
+    async def refresh_presence(self, entries: list[tuple[str, str, ClientInfo]], ttl: float) -> None:
+        """`add_presence` for many (channel, client_id, info) at once (the node's periodic refresh)."""
+        ...
+
     async def presence(self, channel: str) -> dict[str, ClientInfo]: ...
 
     async def presence_stats(self, channel: str) -> PresenceStats: ...
@@ -100,4 +117,8 @@ def create_engine(config: Config) -> Engine:
         from .sqlite_db import SqliteDb
 
         return MemoryEngine.with_store(SqliteDb(Path(config.data_dir) / HISTORY_FILE, memory.synchronous.upper()))
+    if config.engine.type == "redis":
+        from .redis import RedisEngine
+
+        return RedisEngine(config.engine.redis, config.channel.history_meta_ttl)
     raise EngineError(f"unknown engine type {config.engine.type!r}")

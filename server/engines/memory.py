@@ -62,7 +62,7 @@ class MemoryEngine:
         engine._store = Store(db, engine._on_committed, engine._on_failed)
         return engine
 
-    async def start(self, events: EngineEvents) -> None:
+    async def start(self, events: EngineEvents, node_id: str = "") -> None:
         if self._store is not None:
             started = time.monotonic()
             try:
@@ -151,6 +151,9 @@ class MemoryEngine:
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         self.events.on_leave(channel, info)
 
+    async def publish_control(self, data: bytes) -> None:
+        await self.events.on_control(data)
+
     async def subscribe(self, channel: str) -> None:
         return None
 
@@ -193,6 +196,10 @@ class MemoryEngine:
             entries.pop(client_id, None)
             if not entries:
                 del self._presence[channel]
+
+    async def refresh_presence(self, entries: list[tuple[str, str, ClientInfo]], ttl: float) -> None:
+        for channel, client_id, info in entries:
+            await self.add_presence(channel, client_id, info, ttl)
 
     def _live_presence(self, channel: str) -> dict[str, ClientInfo]:
         entries = self._presence.get(channel)
