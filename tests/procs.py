@@ -313,9 +313,13 @@ class GateProxy:
             self._writers.discard(writer)
             writer.close()
 
-    async def close(self) -> None:
+    def drop_connections(self) -> None:
+        """Cut every piped connection (both sides); new ones go to `upstream_port`, which may have changed."""
         for writer in list(self._writers):
             writer.close()
+
+    async def close(self) -> None:
+        self.drop_connections()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
