@@ -104,7 +104,8 @@ class Node:
             if seen is not None and seen[1] > time.monotonic():
                 return seen[0]
         history = HistoryOptions() if skip_history else self.history_options(opts)
-        position = await self.engine.publish(channel, data, info, tags or {}, history)
+        position = await self.engine.publish(channel, data, info, tags or {}, history, idempotency_key,
+                                             IDEMPOTENCY_TTL)
         self.metrics.message_in(split_namespace(channel)[0])
         if idempotency_key:
             self._idempotent[(channel, idempotency_key)] = (position, time.monotonic() + IDEMPOTENCY_TTL)

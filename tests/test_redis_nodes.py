@@ -265,3 +265,22 @@ async def test_redis_restart_mid_stream_is_survived(
         # presence comes back by itself (each node refreshes its entries every second)
         await until(lambda: len(api_a.result("presence", {"channel": "chat:r"})["presence"]) == 2,
                     "presence to be rebuilt after the Redis restart", 15)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_idempotency_key_holds_across_nodes(
+    tmp_path: Path, procs: list[GustProcess], redis_url: str, redis_prefix: str
+) -> None:
+    a, b = await start_nodes(procs, tmp_path, redis_url, redis_prefix)
+    async with subscribed(a.ws_url, "chat:i") as (_, events, _):
+        params = {"channel": "chat:i", "data": {"n": 1}, "idempotency_key": "order-17"}
+        first = a.api().result("publish", params)
+        again = b.api().result("publish", params)  # a retry that lands on the other node
+        assert again == first == {"offset": 1, "epoch": first["epoch"]}
+        b.api().publish("chat:i", {"n": 2})
+        assert await take(events, 2) == [(1, {"n": 1}), (2, {"n": 2})]
+        unpositioned = {"channel": "chat:i", "data": {"n": 3}, "idempotency_key": "x", "skip_history": True}
+        assert a.api().result("publish", unpositioned) == b.api().result("publish", unpositioned) == {}
+        assert await take(events, 1) == [(0, {"n": 3})]
+        b.api().publish("chat:i", {"n": 4})
+        assert await take(events, 1) == [(3, {"n": 4})]

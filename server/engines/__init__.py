@@ -60,9 +60,11 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
     async def publish(
-        self, channel: str, data: bytes, info: ClientInfo | None, tags: dict[str, str], opts: HistoryOptions
+        self, channel: str, data: bytes, info: ClientInfo | None, tags: dict[str, str], opts: HistoryOptions,
+        idempotency_key: str = "", idempotency_ttl: float = 0.0,
     ) -> StreamPosition:
-        """Assign the next offset (when history is on), store, and deliver through `on_publication`."""
+        """Assign the next offset (when history is on), store, and deliver through `on_publication`. An engine
+        shared by several nodes also honours `idempotency_key` (the node keeps its own cache in front)."""
         ...
 
     async def publish_control(self, data: bytes) -> None:

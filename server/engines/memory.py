@@ -106,8 +106,10 @@ class MemoryEngine:
         return stream
 
     async def publish(
-        self, channel: str, data: bytes, info: ClientInfo | None, tags: dict[str, str], opts: HistoryOptions
+        self, channel: str, data: bytes, info: ClientInfo | None, tags: dict[str, str], opts: HistoryOptions,
+        idempotency_key: str = "", idempotency_ttl: float = 0.0,
     ) -> StreamPosition:
+        """(One node: the node's own idempotency cache is enough, so the key is not looked at here.)"""
         events = self.events
         stamp = int(time.time() * 1000)
         if not opts.enabled:

@@ -40,7 +40,6 @@ from .redis_codec import (
     encode_publication,
     join_leave_message,
     shard_index,
-    unpositioned_message,
 )
 from .redis_link import Link, Shard, read_scripts, redis_errors
 
@@ -115,19 +114,21 @@ class RedisEngine:
     # --- publications ----------------------------------------------------------------------------------------
 
     async def publish(
-        self, channel: str, data: bytes, info: ClientInfo | None, tags: dict[str, str], opts: HistoryOptions
+        self, channel: str, data: bytes, info: ClientInfo | None, tags: dict[str, str], opts: HistoryOptions,
+        idempotency_key: str = "", idempotency_ttl: float = 0.0,
     ) -> StreamPosition:
+        """One script call. With `idempotency_key`, a repeat within `idempotency_ttl` (from any node) publishes
+        nothing and returns the first publication's position."""
         self.events  # noqa: B018 - refuses work when stopped
-        shard = self._shard(channel)
         body = encode_publication(Publication(data=data, info=info, tags=tags, time=int(time.time() * 1000)))
-        if not opts.enabled:
-            await self._call(shard.client.publish(self.keys.pubsub(channel), unpositioned_message(body)), "publish")
-            return StreamPosition()
-        args = [body, opts.size, _ms(opts.ttl), _ms(opts.meta_ttl), new_epoch(), self.keys.pubsub(channel)]
-        offset, epoch = await self._call(
-            shard.scripts["publish"](keys=[self.keys.stream(channel), self.keys.meta(channel)], args=args),
-            "publish")
-        return StreamPosition(int(offset), epoch.decode())
+        keys = [self.keys.stream(channel), self.keys.meta(channel)]
+        if idempotency_key:
+            keys.append(self.keys.idempotency(channel, idempotency_key))
+        size = opts.size if opts.enabled else 0
+        args = [body, size, _ms(opts.ttl), _ms(opts.meta_ttl), new_epoch(), self.keys.pubsub(channel),
+                _ms(idempotency_ttl)]
+        offset, epoch = await self._call(self._shard(channel).scripts["publish"](keys=keys, args=args), "publish")
+        return StreamPosition(int(offset), epoch.decode() if offset else "")
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self._publish_message(channel, join_leave_message(MessageKind.JOIN, info))

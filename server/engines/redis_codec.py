@@ -9,7 +9,7 @@ Pub/sub messages on a channel's pub/sub channel start with one kind byte:
 - `j<info>` a join, `l<info>` a leave.
 
 Owns: `Keys`, `shard_index`, `encode_publication`, `decode_publication`, `encode_info`, `decode_info`,
-`decode_message`, `Message`, `MessageKind`. May import: model.
+`decode_message`, `join_leave_message`, `Message`, `MessageKind`. May import: model.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ class Keys:
 
     def presence_data(self, channel: str) -> str:
         return f"{self.prefix}.presence.data.{channel}"
+
+    def idempotency(self, channel: str, key: str) -> str:
+        return f"{self.prefix}.result.{channel}.{key}"
 
     @property
     def control(self) -> str:
@@ -148,11 +151,6 @@ class Message:
     publication: Publication | None = None
     position: StreamPosition = field(default_factory=StreamPosition)
     info: ClientInfo | None = None
-
-
-def unpositioned_message(body: bytes) -> bytes:
-    """The pub/sub message of a publication published without history (offset 0, no epoch)."""
-    return b"p0::" + body
 
 
 def join_leave_message(kind: MessageKind, info: ClientInfo) -> bytes:
