@@ -55,7 +55,8 @@ def two_redis(tmp_path: Path) -> Iterator[list[RedisServer]]:
 
 def test_shard_of_a_channel_is_stable() -> None:
     """Changing the hash would move every channel's history to another instance on upgrade: pinned here."""
-    assert [shard_index(f"chat:{i}", 2) for i in range(8)] == [shard_index(f"chat:{i}", 2) for i in range(8)]
+    assert [shard_index(f"chat:{i}", 2) for i in range(12)] == [1, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0]
+    assert [shard_index(f"chat:{i}", 3) for i in range(12)] == [1, 0, 0, 1, 2, 2, 2, 0, 1, 1, 0, 2]
     assert {shard_index(f"c{i}", 1) for i in range(50)} == {0}
     spread = [shard_index(f"chat:{i}", 3) for i in range(3000)]
     assert all(800 < spread.count(k) < 1200 for k in range(3)), [spread.count(k) for k in range(3)]
