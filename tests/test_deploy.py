@@ -1,13 +1,15 @@
 """The deployment files (`Dockerfile`, `.dockerignore`, `deploy/`), checked with the tools that run here:
 the Dockerfile's essentials (parsed, not built: no registry access) and its healthcheck command run against a real
 server; the baked-in config loads; nginx's sample passes `nginx -t` and proxies https + wss to a real server;
-the systemd unit passes `systemd-analyze verify`; the compose file passes `docker compose config` when the
-client and its compose plugin are installed. A missing tool skips its test, saying which.
+the systemd unit passes `systemd-analyze verify`; the compose files pass `config` of `docker compose` (the v2
+plugin) or else Debian's `docker-compose` (v1), and the two-node file, as the tool resolves it, runs Redis and two
+Gust nodes on it. A missing tool skips its test, saying which.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tornado.httpclient import HTTPRequest
@@ -235,14 +238,118 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 # --- docker compose ------------------------------------------------------------------------------------------
 
 
-def test_compose_file_passes_docker_compose_config() -> None:
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.single.yml")
+COMPOSE_SECRETS = {"GUST_HTTP_API_KEY": "api-key-from-env", "GUST_CLIENT_TOKEN_HMAC_SECRET_KEY": "secret-from-env"}
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (the v2 plugin) when it answers, else Debian's `docker-compose` (v1), else skip.
+    Both read the compose files without a Docker daemon for `config`."""
+    reasons = []
     docker = shutil.which("docker")
     if docker is None:
-        pytest.skip("the docker client is not installed")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        pytest.skip(f"docker compose plugin missing: {(probe.stderr or probe.stdout).strip().splitlines()[0]}")
-    env = {**os.environ, "GUST_HTTP_API_KEY": "k", "GUST_CLIENT_TOKEN_HMAC_SECRET_KEY": "s"}
-    proc = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config", "--quiet"],
-                          capture_output=True, text=True, timeout=60, env=env)
+        reasons.append("the docker client is not installed")
+    else:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+        first = ((probe.stderr or probe.stdout).strip().splitlines() or ["no output"])[0]
+        reasons.append(f"docker compose plugin missing: {first}")
+    v1 = shutil.which("docker-compose")
+    if v1 is not None:
+        return [v1]
+    reasons.append("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    pytest.skip("; ".join(reasons))
+
+
+def run_compose(command: list[str], name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GUST_", "COMPOSE_"))}, **COMPOSE_SECRETS}
+    return subprocess.run([*command, "-f", str(DEPLOY / name), *args], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=DEPLOY)
+
+
+def compose_config(name: str) -> dict[str, Any]:
+    """The compose file as the tool resolves it (anchors merged, variables interpolated), as a dict.
+    The v2 plugin prints JSON; v1 prints only YAML, read with PyYAML here if installed, else with the Python that
+    runs docker-compose (v1 is a Python program that depends on PyYAML): no YAML parser is added to Gust's deps."""
+    command = compose_command()
+    if command[-1] == "compose":
+        proc = run_compose(command, name, "config", "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        loaded = json.loads(proc.stdout)
+        assert isinstance(loaded, dict)
+        return loaded
+    proc = run_compose(command, name, "config")
     assert proc.returncode == 0, proc.stderr
+    to_json = "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"
+    python = sys.executable
+    if importlib.util.find_spec("yaml") is None:
+        first = Path(command[0]).read_bytes()[:200].split(b"\n")[0].decode(errors="replace")
+        if not (first.startswith("#!") and "python" in first):
+            pytest.skip(f"no YAML parser to read {command[0]}'s output (PyYAML is not installed)")
+        python = first[2:].strip().split()[0]
+    converted = subprocess.run([python, "-c", to_json], input=proc.stdout, capture_output=True, text=True,
+                               timeout=30)
+    if converted.returncode != 0:
+        pytest.skip(f"no YAML parser to read {command[0]}'s output: {converted.stderr.strip().splitlines()[-1:]}")
+    loaded = json.loads(converted.stdout)
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_compose_files_pass_compose_config(name: str, tmp_path: Path) -> None:
+    command = compose_command()
+    proc = run_compose(command, name, "config", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    # the secrets come from the environment (or deploy/.env): without them the file refuses to start
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GUST_", "COMPOSE_"))}
+    (tmp_path / "empty.env").write_text("")
+    proc = subprocess.run([*command, "-f", str(DEPLOY / name), "--env-file", str(tmp_path / "empty.env"),
+                           "config", "--quiet"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=DEPLOY)
+    assert proc.returncode != 0 and "GUST_HTTP_API_KEY" in proc.stdout + proc.stderr
+
+
+def test_compose_file_runs_redis_and_two_gust_nodes_on_it() -> None:
+    services = compose_config("docker-compose.yml")["services"]
+    assert isinstance(services, dict)
+    redis = services["redis"]
+    assert str(redis["image"]).startswith("redis:7")
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    assert redis.get("restart") in ("always", "unless-stopped")
+    assert not redis.get("ports"), "Redis is for the Gust nodes only"
+    nodes = {name: s for name, s in services.items() if "build" in s}
+    assert len(nodes) == 2, sorted(services)
+    published: set[str] = set()
+    for name, node in nodes.items():
+        assert Path(node["build"]["context"]).resolve() == REPO, name
+        assert node["build"].get("dockerfile", "Dockerfile") == "Dockerfile", name
+        env = {k: str(v) for k, v in node["environment"].items()}
+        assert env["GUST_ENGINE_TYPE"] == "redis", name
+        for address in env["GUST_ENGINE_REDIS_ADDRESS"].split(","):
+            match = re.fullmatch(r"rediss?://(?:[^@/]*@)?([^:/]+)(?::\d+)?(?:/\d+)?", address.strip())
+            assert match and match.group(1) in services, f"{name}: {address} is not a service of this file"
+        for key, value in COMPOSE_SECRETS.items():
+            assert env[key] == value, f"{name}: {key} is not taken from the environment"
+        assert node["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert node["healthcheck"]["test"] == ["CMD", *healthcheck_command()], f"{name}: not the image's healthcheck"
+        assert node.get("restart") in ("always", "unless-stopped"), name
+        assert int(node["ulimits"]["nofile"]["soft"]) >= 65536, name
+        published.update(str(p["published"]) for p in node["ports"])
+        # the image's baked-in config with this environment is a valid Redis-engine config
+        config = load_config(DEPLOY / "gust.json", environ=env)
+        assert config.engine.type == "redis"
+        assert config.http_api.key == COMPOSE_SECRETS["GUST_HTTP_API_KEY"]
+    assert len(published) == 2, "each node needs its own host port"
+    first, second = ({k: v for k, v in n["environment"].items() if k.startswith("GUST_ENGINE_")}
+                     for n in nodes.values())
+    assert first == second, "the nodes must share one Redis and one prefix"
+
+
+def test_compose_env_example_holds_only_placeholders() -> None:
+    lines = [line for line in (DEPLOY / ".env.example").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    values = dict(line.split("=", 1) for line in lines)
+    for key in COMPOSE_SECRETS:
+        assert values[key].startswith("CHANGE-ME"), key
