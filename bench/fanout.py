@@ -12,29 +12,42 @@ than `window` deliveries are outstanding) and at 20 publications/s; many channel
 API publish throughput (4 publishers, one subscriber); idle connections (connect+subscribe handshakes/s from a
 burst with bounded concurrency, then server memory per connected, subscribed, idle client).
 
+Fan-out on Redis: the two fan-out-to-1000 scenarios again, for Gust alone on the Redis engine (our own
+`redis-server` on a free loopback port, started afresh per run) with 1 worker and with 2 workers (a supervisor
+and two processes sharing the port with SO_REUSEPORT; every node delivers from its Redis pub/sub link), and the
+memory-engine Gust for reference when the plain fan-out scenarios are not in the same run. Server CPU sums the
+supervisor and every worker; the redis-server's CPU per delivery is a column of its own. How many subscribers
+each worker got is counted from /proc (its established sockets on the port) and cross-checked with the
+`info` API's per-node `num_clients`. Included in a full run, left out of `--quick` unless `--redis`; skipped
+with a one-line message when `redis-server` is not installed.
+
 Figures: server CPU µs per delivery = server process CPU time (all threads, /proc schedstat) over the measured
 window ÷ deliveries; latency = receive time − publish time (same host, monotonic clock); lost = expected −
 received deliveries; memory per connection = (RSS with N idle clients − RSS before) ÷ N. The generator's own
 CPU is reported too, and flagged when it was near a full core (then rates and latencies are the generator's).
 
-Run: `make bench` or `.venv/bin/python -m bench.fanout [--quick] [--servers gust,websockets] [--only idle]`.
+Run: `make bench` or `.venv/bin/python -m bench.fanout [--quick] [--servers gust,websockets] [--only idle]
+[--redis | --no-redis]`; `--only redis` runs just the Redis-engine scenarios (`--only` ignores case).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import sys
 import time
+import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
 from .loadgen import Publisher, Stats, WsClient, open_clients
-from .servers import SERVERS, Target, raise_nofile, start
+from .redisproc import REDIS_MISSING, redis_available
+from .servers import REDIS_SERVERS, SERVERS, Target, raise_nofile, start
 
 SATURATED = 0.9  # generator CPU, in cores, from which a run is flagged
 
@@ -50,6 +63,7 @@ class Traffic:
     seconds: float
     window: int  # deliveries a publisher lets be outstanding before it waits
     per: str = "delivery"  # what the rate and the CPU figure count: "delivery" or "publication"
+    twin: str | None = None  # Redis-engine scenarios: the memory-engine scenario they repeat (Gust only)
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,7 @@ class Result:
     p99_ms: float | None = None
     lost: int | None = None
     kib_per_conn: float | None = None
+    redis_cpu_us: float | None = None  # our redis-server's CPU per op (Redis-engine runs)
     gen_cores: float = 0.0
     gen_us: float = 0.0
     fixed_rate: bool = False
@@ -83,9 +98,13 @@ class Result:
 def scenarios(quick: bool, idle_conns: int | None) -> list[Scenario]:
     q = quick
     idle = idle_conns or (1000 if q else 15000)
+    fan_max = Traffic("fan-out 1000 subs, max rate", 1000, 1, 1, None, 200 if q else 3000, 1.5 if q else 10, 4000)
+    fan_20 = Traffic("fan-out 1000 subs, 20 pub/s", 1000, 1, 1, 20.0, 30 if q else 200, 1.5 if q else 10, 1 << 40)
     return [
-        Traffic("fan-out 1000 subs, max rate", 1000, 1, 1, None, 200 if q else 3000, 1.5 if q else 10, 4000),
-        Traffic("fan-out 1000 subs, 20 pub/s", 1000, 1, 1, 20.0, 30 if q else 200, 1.5 if q else 10, 1 << 40),
+        fan_max,
+        fan_20,
+        replace(fan_max, name="fan-out on Redis, 1000 subs, max rate", twin=fan_max.name),
+        replace(fan_20, name="fan-out on Redis, 1000 subs, 20 pub/s", twin=fan_20.name),
         Traffic(f"{256 if q else 512} channels × 4 subs, max rate", 1024 if q else 2048, 256 if q else 512, 4,
                 None, 4000 if q else 40000, 1.5 if q else 8, 400),
         Traffic("API publish, 4 HTTP conns", 4, 4, 4, None, 4000 if q else 40000, 1.5 if q else 6, 64,
@@ -113,12 +132,17 @@ async def run_traffic(target: Target, sc: Traffic) -> Result:
     if failures:
         result.notes.append(f"{failures} handshakes failed")
     per_channel = Counter(c.channels[0] for c in clients)
+    if target.workers:  # counted before the publishers' connections exist: subscribers only
+        spread = target.connections()
+        result.notes.append("subscribers per worker (/proc): " + ", ".join(
+            f"{n} (pid {pid})" for pid, n in spread.items()))
     publishers = [await Publisher.open(target.api_port, target.api_headers) for _ in range(sc.publishers)]
     await asyncio.sleep(0.3)
     seq = expected = published = 0
     stalled = False
     t0_ns = time.monotonic_ns()
     t0, cpu0, gen0 = time.monotonic(), target.cpu_seconds(), time.process_time()
+    redis0 = target.redis_cpu_seconds()
     deadline = t0 + sc.seconds
 
     async def publish_loop(j: int, publisher: Publisher) -> None:
@@ -147,13 +171,18 @@ async def run_traffic(target: Target, sc: Traffic) -> Result:
     await stats.drain(expected)
     end = time.monotonic()
     cpu, gen = target.cpu_seconds() - cpu0, time.process_time() - gen0
+    redis1 = target.redis_cpu_seconds()
     window = (stats.last_rx_ns - t0_ns) / 1e9 if stats.delivered else end - t0
+    if target.workers:  # while the clients are still connected (nodes announce themselves every 3 s)
+        result.notes.append(f"info API num_clients: {node_clients(target)}")
     for publisher in publishers:
         publisher.close()
     close_all(clients)
     ops = stats.delivered if sc.per == "delivery" else published
     result.rate = ops / window
     result.cpu_us = cpu / max(1, ops) * 1e6
+    if redis0 is not None and redis1 is not None:
+        result.redis_cpu_us = (redis1 - redis0) / max(1, ops) * 1e6
     lat = sorted(stats.latency_ns[::len(stats.latency_ns) // 500_000 + 1])  # a systematic sample of ≤ 500k
     result.p50_ms, result.p99_ms = percentile(lat, 0.50), percentile(lat, 0.99)
     result.lost = expected - stats.delivered
@@ -169,6 +198,19 @@ async def run_traffic(target: Target, sc: Traffic) -> Result:
     if stats.closed:
         result.notes.append(f"server closed {stats.closed} connections")
     return result
+
+
+def node_clients(target: Target) -> str:
+    """Each node's `num_clients` from `POST /api/info` (whichever worker answers; the others' figures are
+    from their last announcement)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{target.api_port}/api/info", data=b"{}",
+                                     headers={**target.api_headers, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            nodes = json.loads(response.read())["result"]["nodes"]
+        return ", ".join(f"{n['num_clients']} ({n['name'].rsplit('_', 1)[-1]})" for n in nodes)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unavailable ({exc})"
 
 
 async def run_idle(target: Target, sc: Idle) -> Result:
@@ -228,9 +270,10 @@ def ratios(gust: Result, peer: Result | None) -> str:
 
 
 def table(results: list[Result], servers: list[str]) -> str:
-    peers = [s for s in servers if s != "gust"]
+    peers = [s for s in servers if s != "gust" and any(r.server == s for r in results)]
+    with_redis = any(r.redis_cpu_us is not None for r in results)
     head = ["scenario", "server", "rate", "server CPU", "p50 ms", "p99 ms", "lost", "KiB/conn",
-            "generator CPU"] + [f"Gust ÷ {p}" for p in peers]
+            "generator CPU"] + (["redis-server CPU"] if with_redis else []) + [f"Gust ÷ {p}" for p in peers]
     rows = [head, ["---"] * len(head)]
     for r in results:
         gen = f"{r.gen_cores:.0%} ({r.gen_us:.1f} µs/msg)" if r.per != "handshake" else f"{r.gen_cores:.0%}"
@@ -238,6 +281,8 @@ def table(results: list[Result], servers: list[str]) -> str:
             gen += " SATURATED"
         row = [r.scenario, r.server, f"{r.rate:,.0f} {SHORT[r.per]}/s", f"{r.cpu_us:.1f} µs/{SHORT[r.per]}",
                fmt(r.p50_ms, ".1f"), fmt(r.p99_ms, ".1f"), fmt(r.lost, "d"), fmt(r.kib_per_conn, ".1f"), gen]
+        if with_redis:
+            row.append("–" if r.redis_cpu_us is None else f"{r.redis_cpu_us:.2f} µs/{SHORT[r.per]}")
         for p in peers:
             peer = next((x for x in results if x.scenario == r.scenario and x.server == p), None)
             row.append(ratios(r, peer) if r.server == "gust" else "")
@@ -268,6 +313,31 @@ def goals(results: list[Result]) -> list[str]:
     return out
 
 
+def redis_summary(results: list[Result], chosen: list[Scenario]) -> list[str]:
+    """Per Redis-engine scenario: Gust's CPU per delivery on Redis with 1 and 2 workers (+ redis-server) against
+    the memory engine in the same run."""
+    out = []
+    for sc in chosen:
+        if not (isinstance(sc, Traffic) and sc.twin):
+            continue
+        def get(server: str, scenario: str = sc.name) -> Result | None:
+            return next((r for r in results if r.scenario == scenario and r.server == server), None)
+        memory = get("gust") or get("gust", sc.twin)
+        parts = []
+        for name in REDIS_SERVERS:
+            if (r := get(name)) is None:
+                continue
+            total = r.cpu_us + (r.redis_cpu_us or 0)
+            part = f"{name} {r.cpu_us:.1f} µs + redis-server {r.redis_cpu_us or 0:.2f} µs = {total:.1f} µs/deliv"
+            if memory is not None and memory.cpu_us:
+                part += f" ({total / memory.cpu_us:.2f}× memory)"
+            parts.append(part)
+        if parts:
+            ref = f"memory engine {memory.cpu_us:.1f} µs/deliv; " if memory is not None else ""
+            out.append(f"- {sc.name}: {ref}{'; '.join(parts)}")
+    return out
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "?")
@@ -276,10 +346,21 @@ def machine() -> str:
             f"Python {platform.python_version()}; {libs}")
 
 
+def servers_for(sc: Scenario, servers: list[str], chosen: list[Scenario]) -> list[str]:
+    """Who runs `sc`: every chosen server, or for a Redis-engine scenario Gust on Redis with 1 and 2 workers,
+    plus Gust on the memory engine when the scenario it repeats is not in this run."""
+    if not (isinstance(sc, Traffic) and sc.twin):
+        return servers
+    if "gust" not in servers:
+        return []
+    reference = [] if any(c.name == sc.twin for c in chosen) else ["gust"]
+    return [*reference, *REDIS_SERVERS]
+
+
 async def run_all(servers: list[str], chosen: list[Scenario]) -> list[Result]:
     results = []
     for sc in chosen:
-        for name in servers:
+        for name in servers_for(sc, servers, chosen):
             print(f"… {sc.name} / {name}", file=sys.stderr, flush=True)
             results.append(await run_one(name, sc))
     return results
@@ -289,14 +370,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run in well under a minute")
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated subset of {SERVERS}")
-    parser.add_argument("--only", default="", help="run only scenarios whose name contains this text")
+    parser.add_argument("--only", default="", help="run only scenarios whose name contains this text (any case; "
+                        "'redis' = the Redis-engine scenarios)")
+    parser.add_argument("--redis", action=argparse.BooleanOptionalAction, default=None,
+                        help="include the fan-out on Redis scenarios (default: in a full run, not with --quick, "
+                        "unless --only selects them)")
     parser.add_argument("--no-uvloop", action="store_true", help="run the generator on asyncio's own loop")
     parser.add_argument("--idle-conns", type=int, default=None, help="idle clients (default 15000, quick 2000)")
     args = parser.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
     if unknown := set(servers) - set(SERVERS):
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
-    chosen = [sc for sc in scenarios(args.quick, args.idle_conns) if args.only in sc.name]
+    chosen = [sc for sc in scenarios(args.quick, args.idle_conns) if args.only.lower() in sc.name.lower()]
+    on_redis = [sc for sc in chosen if isinstance(sc, Traffic) and sc.twin]
+    include_redis = args.redis if args.redis is not None else not args.quick or "redis" in args.only.lower()
+    skipped = []
+    if on_redis and (not include_redis or "gust" not in servers):
+        chosen = [sc for sc in chosen if sc not in on_redis]
+    elif on_redis and not redis_available():
+        chosen = [sc for sc in chosen if sc not in on_redis]
+        skipped.append(f"Skipped fan-out on Redis: {REDIS_MISSING}")
+        print(skipped[-1], file=sys.stderr)
     biggest = max((sc.conns for sc in chosen), default=0)
     limit = raise_nofile(biggest + 1024)
     if limit < biggest + 256:
@@ -317,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nFan-out benchmark ({'quick' if args.quick else 'full'}, {time.monotonic() - started:.0f} s; generator "
           f"on {loop}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after). {machine()}\n")
     print(table(results, servers))
+    if skipped:
+        print("\n" + "\n".join(skipped))
     print("\nrate: deliveries (or acknowledged publications, or connect+subscribe handshakes) per second, from the "
           "first publish to the last delivery. server CPU: the server process's CPU time in that window per "
           "delivery (publication, handshake). lost: deliveries expected but not received (idle row: failed "
@@ -324,6 +420,12 @@ def main(argv: list[str] | None = None) -> None:
           "received; SATURATED from 90 %, then rate and latency are the generator's limit, not the server's.\n"
           "Gust ÷ peer: Gust's figure divided by the peer's (server CPU per op; memory per connection; p99 "
           "at a fixed rate; handshake rate). Below 1 means Gust uses less.")
+    if any(r.redis_cpu_us is not None for r in results):
+        print("On Redis: gust-redis-Nw is Gust on the Redis engine with N workers; its server CPU sums the "
+              "supervisor and every worker; redis-server CPU is our own redis-server's, per delivery, in the same "
+              "window.")
+        print("\nRedis engine vs memory engine (Gust, server CPU per delivery):")
+        print("\n".join(redis_summary(results, chosen)))
     if lines := goals(results):
         print("\nGoals (Gust):")
         print("\n".join(lines))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,15 +27,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def bench_config(port: int, data_dir: str, persistence: str) -> dict[str, Any]:
+def bench_config(port: int, data_dir: str, persistence: str, redis: str | None = None,
+                 workers: int = 1) -> dict[str, Any]:
+    """`redis`: a redis:// URL for the Redis engine (keys under the "gust-bench" prefix) instead of the memory
+    engine; `workers` > 1 needs it."""
     open_ns = {f"allow_{op}_for_{who}": True for op in ("subscribe", "publish", "history", "presence")
                for who in ("client", "anonymous")}
+    engine: dict[str, Any] = {"memory": {"persistence": persistence}}
+    if redis is not None:
+        engine = {"type": "redis", "redis": {"address": redis, "prefix": "gust-bench"}}
     return {
-        "http_server": {"port": port},
+        "http_server": {"port": port, "workers": workers},
         "http_api": {"key": API_KEY},
         "data_dir": data_dir,
         "log_level": "warning",
-        "engine": {"memory": {"persistence": persistence}},
+        "shutdown": {"timeout": "5s"},
+        "engine": engine,
         "client": {"token": {"hmac_secret_key": SECRET}, "allow_anonymous_connect_without_token": True,
                    "queue_max_size": 16 * 1048576},
         "channel": {"namespaces": [
@@ -43,11 +52,54 @@ def bench_config(port: int, data_dir: str, persistence: str) -> dict[str, Any]:
     }
 
 
+ESTABLISHED, LISTEN = "01", "0A"  # TCP states in /proc/net/tcp
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of `pid` (Linux /proc)."""
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            kids += [int(k) for k in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except OSError:
+        pass
+    return sorted(kids)
+
+
+def tcp_sockets(pid: int, port: int, state: str = ESTABLISHED) -> int:
+    """How many TCP sockets on local `port` in `state` process `pid` holds (Linux /proc)."""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone meanwhile
+        return 0
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state and fields[9] in inodes:
+                count += 1
+    return count
+
+
 class GustProcess:
-    def __init__(self, persistence: str = "sqlite", **overrides: Any) -> None:
+    def __init__(self, persistence: str = "sqlite", redis: str | None = None, workers: int = 1,
+                 **overrides: Any) -> None:
         self.port = free_port()
+        self.workers = workers
         self._tmp = tempfile.TemporaryDirectory(prefix="gust-bench-")
-        config = bench_config(self.port, str(Path(self._tmp.name) / "data"), persistence)
+        config = bench_config(self.port, str(Path(self._tmp.name) / "data"), persistence, redis, workers)
         config.update(overrides)
         self.config_path = Path(self._tmp.name) / "config.json"
         self.config_path.write_text(json.dumps(config))
@@ -62,12 +114,25 @@ class GustProcess:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             self.check_alive()
+            if self.workers > 1:
+                # /health answers as soon as one worker listens: wait for every worker's listening socket.
+                if len(pids := self.worker_pids()) == self.workers and all(
+                        tcp_sockets(pid, self.port, LISTEN) for pid in pids):
+                    return self
+                time.sleep(0.05)
+                continue
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
                     return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("Gust did not start within 15 s")
+
+    def worker_pids(self) -> list[int]:
+        """The supervisor's child processes (its workers, with `workers` > 1), from /proc; [] otherwise."""
+        if self.proc is None:
+            return []
+        return children(self.proc.pid)
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -80,12 +145,24 @@ class GustProcess:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = (Path(self._tmp.name) / "server.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
     def __exit__(self, *exc: object | TracebackType) -> None:
         if self.proc is not None:
+            workers = self.worker_pids()  # a supervisor stops its workers; a SIGKILLed one cannot
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                for pid in workers:  # orphaned, so not reaped: still our workers if their command line says so
+                    with contextlib.suppress(OSError):
+                        if b"server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            os.kill(pid, signal.SIGKILL)
         self._tmp.cleanup()

@@ -1,6 +1,8 @@
 """The servers under test, each in its own process: Gust (through `gustproc.GustProcess`) and the two peers
 in `bench/peers/`. Each is a context manager yielding a `Target`: where to connect, how to publish, and the
-process whose CPU time and memory the benchmark reads from /proc.
+processes whose CPU time and memory the benchmark reads from /proc. `REDIS_SERVERS` are Gust on the Redis
+engine (our own `redis-server`, bench/redisproc.py) with 1 and 2 workers: their CPU figure sums the
+supervisor and every worker; the redis-server's CPU is read separately.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .gustproc import API_KEY, ROOT, GustProcess, free_port
+from .gustproc import API_KEY, ROOT, GustProcess, free_port, tcp_sockets
+from .redisproc import RedisProcess
 
 SERVERS = ("gust", "naive-tornado", "websockets")
+REDIS_SERVERS = {"gust-redis-1w": 1, "gust-redis-2w": 2}  # name → workers
 PEER_MODULES = {"naive-tornado": "bench.peers.naive_tornado", "websockets": "bench.peers.websockets_broadcast"}
 
 
@@ -31,12 +35,24 @@ class Target:
     ws_path: str = "/connection/websocket"
     api_headers: dict[str, str] = field(default_factory=dict)
     channel_prefix: str = "fan:"  # Gust: the "fan" namespace of gustproc's config (no history, open to all)
+    workers: tuple[int, ...] = ()  # worker processes of a supervisor (`pid`): their CPU and memory count too
+    redis_pid: int | None = None  # our redis-server, when Gust runs on the Redis engine: CPU read separately
+
+    def pids(self) -> tuple[int, ...]:
+        return (self.pid, *self.workers)
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def redis_cpu_seconds(self) -> float | None:
+        return None if self.redis_pid is None else cpu_seconds(self.redis_pid)
 
     def rss_bytes(self) -> int:
-        return rss_bytes(self.pid)
+        return sum(rss_bytes(pid) for pid in self.pids())
+
+    def connections(self) -> dict[int, int]:
+        """Worker pid → established TCP connections it holds on the server port (only with several workers)."""
+        return {pid: tcp_sockets(pid, self.ws_port) for pid in self.workers}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -93,6 +109,18 @@ def start(name: str) -> Iterator[Target]:
             assert gust.proc is not None
             yield Target(name, gust.proc.pid, gust.port, gust.port, api_headers={"X-API-Key": API_KEY})
             gust.check_alive()
+        return
+    if name in REDIS_SERVERS:
+        with RedisProcess() as redis, GustProcess(persistence="none", redis=redis.url,
+                                                  workers=REDIS_SERVERS[name]) as gust:
+            assert gust.proc is not None
+            workers = tuple(gust.worker_pids()) if gust.workers > 1 else ()
+            yield Target(name, gust.proc.pid, gust.port, gust.port, api_headers={"X-API-Key": API_KEY},
+                         workers=workers, redis_pid=redis.pid)
+            gust.check_alive()
+            redis.check_alive()
+            if workers and tuple(gust.worker_pids()) != workers:
+                raise RuntimeError(f"{name}: a worker was restarted during the run:\n{gust.log_tail()}")
         return
     ws_port, api_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
