@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from centrifuge import Client
+from centrifuge import Client, SubscribedContext
 
 from .procs import Api, GateProxy, GustProcess, chat_namespace
 from .redisproc import RedisServer
@@ -65,6 +65,13 @@ async def subscribed(url: str, channel: str, **kwargs: Any) -> AsyncIterator[tup
         await sub.subscribe()
         await next_event(events.subscribed)
         yield client, events, ctx.client
+
+
+async def reopen_to(proxy: GateProxy, port: int, events: SubEvents) -> SubscribedContext:
+    """Open the proxy's gate towards `port`; the SDK reconnects through it: its next `subscribed` event."""
+    proxy.upstream_port = port
+    proxy.open = True
+    return await next_event(events.subscribed, 15)
 
 
 async def take(events: SubEvents, count: int) -> list[tuple[int, Any]]:
@@ -144,9 +151,7 @@ async def test_client_moving_from_node_a_to_node_b_recovers_what_it_missed(
             await until(lambda: proxy.refused >= 1, "a reconnect attempt while the gate is shut")
             for i in range(3, 8):
                 api_b.publish("chat:m", {"i": i})
-            proxy.upstream_port = b.port
-            proxy.open = True
-            resubscribed = await next_event(events.subscribed, 15)
+            resubscribed = await reopen_to(proxy, b.port, events)
             assert resubscribed.was_recovering and resubscribed.recovered
             assert await take(events, 5) == [(4 + i, {"i": 3 + i}) for i in range(5)]
             api_a.publish("chat:m", {"i": 8})
@@ -174,9 +179,7 @@ async def test_sigkill_of_node_a_clients_move_to_b_and_its_presence_expires(
             killed_at = time.monotonic()
             api_b.publish("chat:k", {"n": 2})
             api_b.publish("chat:k", {"n": 3})
-            proxy.upstream_port = b.port
-            proxy.open = True
-            resubscribed = await next_event(events.subscribed, 15)
+            resubscribed = await reopen_to(proxy, b.port, events)
             assert resubscribed.recovered
             assert await take(events, 2) == [(2, {"n": 2}), (3, {"n": 3})]
 
