@@ -45,8 +45,9 @@ from dataclasses import dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
+from tests.redisproc import redis_available
+
 from .loadgen import Publisher, Stats, WsClient, open_clients
-from .redisproc import REDIS_MISSING, redis_available
 from .servers import REDIS_SERVERS, SERVERS, Target, raise_nofile, start
 
 SATURATED = 0.9  # generator CPU, in cores, from which a run is flagged
@@ -389,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
         chosen = [sc for sc in chosen if sc not in on_redis]
     elif on_redis and not redis_available():
         chosen = [sc for sc in chosen if sc not in on_redis]
-        skipped.append(f"Skipped fan-out on Redis: {REDIS_MISSING}")
+        skipped.append("Skipped fan-out on Redis: redis-server not found: install it (apt-get install "
+                       "redis-server) to run the Redis engine scenarios")
         print(skipped[-1], file=sys.stderr)
     biggest = max((sc.conns for sc in chosen), default=0)
     limit = raise_nofile(biggest + 1024)

@@ -1,7 +1,7 @@
 """The servers under test, each in its own process: Gust (through `gustproc.GustProcess`) and the two peers
 in `bench/peers/`. Each is a context manager yielding a `Target`: where to connect, how to publish, and the
 processes whose CPU time and memory the benchmark reads from /proc. `REDIS_SERVERS` are Gust on the Redis
-engine (our own `redis-server`, bench/redisproc.py) with 1 and 2 workers: their CPU figure sums the
+engine (our own `redis-server`, `tests.redisproc.RedisServer`) with 1 and 2 workers: their CPU figure sums the
 supervisor and every worker; the redis-server's CPU is read separately.
 """
 
@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.redisproc import RedisServer
+
 from .gustproc import API_KEY, ROOT, GustProcess, free_port, tcp_sockets
-from .redisproc import RedisProcess
 
 SERVERS = ("gust", "naive-tornado", "websockets")
 REDIS_SERVERS = {"gust-redis-1w": 1, "gust-redis-2w": 2}  # name → workers
@@ -111,14 +112,15 @@ def start(name: str) -> Iterator[Target]:
             gust.check_alive()
         return
     if name in REDIS_SERVERS:
-        with RedisProcess() as redis, GustProcess(persistence="none", redis=redis.url,
+        with RedisServer() as redis, GustProcess(persistence="none", redis=redis.url,
                                                   workers=REDIS_SERVERS[name]) as gust:
             assert gust.proc is not None
             workers = tuple(gust.worker_pids()) if gust.workers > 1 else ()
             yield Target(name, gust.proc.pid, gust.port, gust.port, api_headers={"X-API-Key": API_KEY},
                          workers=workers, redis_pid=redis.pid)
             gust.check_alive()
-            redis.check_alive()
+            if not redis.running():
+                raise RuntimeError(f"{name}: redis-server exited during the run:\n{redis.log_tail()}")
             if workers and tuple(gust.worker_pids()) != workers:
                 raise RuntimeError(f"{name}: a worker was restarted during the run:\n{gust.log_tail()}")
         return
