@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,15 +15,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.procs import LISTEN, free_port, tcp_sockets
+
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "bench-api-key"
 SECRET = "bench-secret-key-that-is-long-enough-for-hs256"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bench_config(port: int, data_dir: str, persistence: str, redis: str | None = None,
@@ -52,7 +47,6 @@ def bench_config(port: int, data_dir: str, persistence: str, redis: str | None =
     }
 
 
-ESTABLISHED, LISTEN = "01", "0A"  # TCP states in /proc/net/tcp
 
 
 def children(pid: int) -> list[int]:
@@ -64,33 +58,6 @@ def children(pid: int) -> list[int]:
     except OSError:
         pass
     return sorted(kids)
-
-
-def tcp_sockets(pid: int, port: int, state: str = ESTABLISHED) -> int:
-    """How many TCP sockets on local `port` in `state` process `pid` holds (Linux /proc)."""
-    inodes = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:  # gone meanwhile
-        return 0
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state and fields[9] in inodes:
-                count += 1
-    return count
 
 
 class GustProcess:

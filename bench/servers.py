@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.procs import free_port, tcp_sockets
 from tests.redisproc import RedisServer
 
-from .gustproc import API_KEY, ROOT, GustProcess, free_port, tcp_sockets
+from .gustproc import API_KEY, ROOT, GustProcess
 
 SERVERS = ("gust", "naive-tornado", "websockets")
 REDIS_SERVERS = {"gust-redis-1w": 1, "gust-redis-2w": 2}  # name → workers

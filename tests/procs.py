@@ -29,6 +29,36 @@ SECRET = "durability-secret-key-long-enough-for-hs256"
 READY_TIMEOUT = 20.0
 
 
+ESTABLISHED, LISTEN = "01", "0A"  # TCP states in /proc/net/tcp
+
+
+def tcp_sockets(pid: int, port: int, state: str = ESTABLISHED) -> int:
+    """How many TCP sockets on local `port` in `state` process `pid` holds (Linux /proc)."""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone meanwhile
+        return 0
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state and fields[9] in inodes:
+                count += 1
+    return count
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .procs import free_port
+
 REDIS_MISSING = "redis-server not found: install it (apt-get install redis-server) to run the Redis engine tests"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -34,12 +36,6 @@ class RedisReplyError(Exception):
 
 def redis_available() -> bool:
     return shutil.which("redis-server") is not None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:

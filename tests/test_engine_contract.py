@@ -26,7 +26,7 @@ from server.engines.memory import MemoryEngine
 from server.engines.sqlite_db import SqliteDb
 from server.model import ClientInfo, PresenceStats, Publication, StreamPosition
 
-from .redisproc import free_port
+from .procs import free_port
 
 WAIT = 10.0  # the bound on any wait for a delivery or an expiry; a hang fails the test, a slow run does not
 gen_test = pytest.mark.gen_test(timeout=60)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .procs import GustProcess, free_port, server_env
+from .procs import LISTEN, GustProcess, free_port, server_env, tcp_sockets
 from .wsclient import RawClient
 
 STARTED_RE = re.compile(r"worker (\d+) started \(pid (\d+)\)")
@@ -66,31 +66,6 @@ def running_workers(proc: GustProcess, n: int = 2) -> dict[int, int]:
     return result
 
 
-ESTABLISHED, LISTEN = "01", "0A"
-
-
-def tcp_sockets(pid: int, port: int, state: str = ESTABLISHED) -> int:
-    """How many TCP sockets on local `port` in `state` process `pid` holds (Linux /proc)."""
-    inodes = set()
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:  # gone meanwhile
-        return 0
-    for fd in fds:
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        lines = Path(table).read_text().splitlines()[1:] if Path(table).exists() else []
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state and fields[9] in inodes:
-                count += 1
-    return count
 
 
 @pytest.fixture
