@@ -54,7 +54,7 @@ class Keys:
 
     def channel_of(self, pubsub_key: str) -> str:
         """The channel name of a `pubsub(channel)` key."""
-        return pubsub_key[len(self.prefix) + 4:]
+        return pubsub_key[len(self.pubsub("")):]
 
 
 def jump_hash(key: int, buckets: int) -> int:
