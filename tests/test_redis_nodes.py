@@ -18,6 +18,7 @@ from centrifuge import Client, SubscribedContext
 from .procs import Api, GateProxy, GustProcess, chat_namespace
 from .redisproc import RedisServer
 from .sdkevents import SubEvents, next_event, sdk_client
+from .wsclient import RawClient
 
 pytestmark = [pytest.mark.redis]
 PRESENCE_TTL = 3.0
@@ -243,6 +244,13 @@ async def test_redis_restart_mid_stream_is_survived(
         assert time.monotonic() - started < 10, "a publish while Redis is down must fail, not hang"
         status, _ = await asyncio.to_thread(api_a.raw, "presence", {"channel": "chat:r"})
         assert status == 200
+        raw = await RawClient.open(b.ws_url)  # a new subscription while Redis is down: temporary error 100
+        try:
+            assert "connect" in await raw.connect()
+            reply = await raw.command("subscribe", {"channel": "chat:new"})
+            assert reply.get("error", {}).get("code") == 100 and reply["error"].get("temporary"), reply
+        finally:
+            raw.close()
 
         own_redis.restart()
 
