@@ -4,7 +4,9 @@ A tick is scheduled on the loop every `watchdog.interval`; when it runs, its lat
 (`gust_event_loop_lag_seconds`). A daemon thread wakes when the next tick is `lag_threshold` overdue; if the loop
 has not ticked by then, it is blocked right now, so the thread samples the loop thread's stack
 (`sys._current_frames()`), waits for the loop to come back (at most `REPORT_AFTER`), and logs ONE warning for the
-incident with the lag and that stack.
+incident with the lag and that stack. A saturated server is late on most ticks: after one warning, incidents in the
+next `REPORT_EVERY` seconds are only counted (metric `gust_event_loop_blocked_total`) and summed up in the next
+warning; their stacks are not sampled, which would take the GIL from the loop each time.
 
 Owns: `LoopWatchdog`. May import: config, metrics.
 """
@@ -24,6 +26,7 @@ from .metrics import Metrics
 log = logging.getLogger("gust.watchdog")
 REPORT_AFTER = 1.0  # seconds: a loop still blocked after this is reported without waiting any longer
 STACK_LIMIT = 40  # innermost frames shown
+REPORT_EVERY = 10.0  # seconds: at most one warning per this interval; incidents in between are counted
 
 
 class LoopWatchdog:
@@ -39,6 +42,8 @@ class LoopWatchdog:
         self._handle: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
         self._loop_thread_id = 0
+        self._reported_at = -REPORT_EVERY  # monotonic time of the last warning
+        self._unreported = 0  # incidents since then that were only counted
 
     def start(self) -> None:
         """Start ticking on the running loop (call from the loop's thread) and start the watching thread."""
@@ -80,15 +85,22 @@ class LoopWatchdog:
 
     def _incident(self, ticks: int, due: float) -> None:
         """The loop has missed a tick by more than the threshold: it is blocked now."""
-        stack = self._sample()
         self.incidents += 1
         self.metrics.loop_blocked()
+        if time.monotonic() - self._reported_at < REPORT_EVERY:
+            self._unreported += 1
+            while not self._stop.is_set() and not self._wait_for_tick(ticks, 1.0):
+                pass
+            return
+        stack = self._sample()
         recovered = self._wait_for_tick(ticks, REPORT_AFTER)
         blocked_ms = (time.monotonic() - due) * 1000
         status = f"for at least {blocked_ms:.0f} ms" if recovered else f"for over {blocked_ms:.0f} ms and still is"
-        log.warning("event loop blocked %s (threshold %.0f ms); the loop was running %s\n"
+        more = f" ({self._unreported} more since the last warning, not shown)" if self._unreported else ""
+        self._reported_at, self._unreported = time.monotonic(), 0
+        log.warning("event loop blocked %s (threshold %.0f ms)%s; the loop was running %s\n"
                     "Stack of the blocking code (innermost call last):\n%s",
-                    status, self.threshold * 1000, _innermost(stack), "".join(stack.format()).rstrip())
+                    status, self.threshold * 1000, more, _innermost(stack), "".join(stack.format()).rstrip())
         if not recovered:
             while not self._stop.is_set() and not self._wait_for_tick(ticks, 1.0):
                 pass
@@ -107,7 +119,12 @@ class LoopWatchdog:
 
     def _sample(self) -> traceback.StackSummary:
         frame = sys._current_frames().get(self._loop_thread_id)
-        return traceback.extract_stack(frame, STACK_LIMIT) if frame is not None else traceback.StackSummary()
+        if frame is None:
+            return traceback.StackSummary()
+        # Source lines are read later, when the warning is formatted, not while the loop waits for the GIL.
+        stack = traceback.StackSummary.extract(traceback.walk_stack(frame), limit=STACK_LIMIT, lookup_lines=False)
+        stack.reverse()
+        return stack
 
 
 def _innermost(stack: traceback.StackSummary) -> str:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from server import watchdog
 from server.app import Gust
 
 from .promscrape import scrape, value
@@ -71,3 +72,27 @@ async def test_loop_still_blocked_is_reported_while_it_lasts(gust: Gust, caplog:
 @pytest.mark.parametrize("config_overrides", [{"watchdog": {"enabled": False}}])
 async def test_watchdog_can_be_turned_off(gust: Gust, config_overrides) -> None:
     assert gust.watchdog is None
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_incidents_soon_after_a_warning_are_counted_and_summed_up_in_the_next_one(
+    gust: Gust, base_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saturated loop is late on most ticks: one warning, then only counting until REPORT_EVERY has passed."""
+    caplog.set_level(logging.WARNING, logger="gust.watchdog")
+    await asyncio.sleep(0.2)
+    caplog.clear()
+    block_the_loop_on_purpose(0.3)
+    assert len(await watchdog_warnings(caplog, 1)) == 1
+    for _ in range(2):
+        await asyncio.sleep(0.2)
+        block_the_loop_on_purpose(0.3)
+    await asyncio.sleep(0.3)
+    assert len([r for r in caplog.records if r.name == "gust.watchdog"]) == 1
+    assert gust.watchdog is not None and gust.watchdog.incidents == 3
+    assert value(await scrape(base_url), "gust_event_loop_blocked_total") == 3
+    monkeypatch.setattr(watchdog, "REPORT_EVERY", 0.0)
+    block_the_loop_on_purpose(0.3)
+    warnings = await watchdog_warnings(caplog, 2)
+    assert len(warnings) == 2 and "(2 more since the last warning, not shown)" in warnings[1], warnings
+    assert "block_the_loop_on_purpose" in warnings[1]
