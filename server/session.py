@@ -54,8 +54,9 @@ UNSUBSCRIBE_EXPIRED = (2501, "subscription expired")
 class Transport(Protocol):
     """How a session reaches its peer. `write` sends one text frame; `close` sends a close frame."""
 
-    def write(self, payload: bytes, framed: bytes | None = None) -> None:
-        """Send `payload` as one text frame; `framed` is that frame already built (shared by many sessions)."""
+    def write(self, payload: bytes, framed: bytes | None = None) -> int:
+        """Send `payload` as one text frame; `framed` is that frame already built (shared by many sessions).
+        Returns `pending_bytes()` after the write."""
         ...
 
     def close(self, code: int, reason: str) -> None: ...
@@ -118,7 +119,8 @@ class ClientSession:
     """A connection's protocol state. Commands of one connection run strictly one after another."""
 
     __slots__ = (  # thousands of these live at once: no per-instance __dict__
-        "_deferred", "_flush_queued", "_loop", "_out", "_out_bytes", "_out_framed", "_pong_due", "_tasks", "_timers",
+        "_deferred", "_flush_queued", "_loop", "_out", "_out_bytes", "_out_framed", "_pong_due", "_room", "_tasks",
+        "_timers",
         "client_id", "close_code", "config", "conn_info", "expire_at", "handlers", "hooks", "http", "limiter", "meta",
         "node", "state", "sub_verifier", "subs", "transport", "user", "verifier",
     )
@@ -147,6 +149,7 @@ class ClientSession:
         self._out_bytes = 0
         self._out_framed: bytes | None = None  # the WebSocket frame of `_out[0]` while it is alone
         self._flush_queued = False
+        self._room = self.config.client.queue_max_size  # queue_max_size − bytes the transport held at the last flush
         self._loop = asyncio.get_running_loop()
         self._pong_due: asyncio.TimerHandle | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -365,7 +368,9 @@ class ClientSession:
         """Flush what is queued, close the transport with `disconnect`, release everything. Idempotent."""
         if self.state is State.CLOSED:
             return
-        self.flush()
+        self._flush_queued = False
+        if self._out:
+            self._write_out()  # what is queued goes out before the close frame, over the limit or not
         self.close_code = disconnect.code
         self.transport.close(disconnect.code, disconnect.reason)
         self._ended(disconnect.code, disconnect.reason, by_peer=False)
@@ -468,31 +473,47 @@ class ClientSession:
         out.append(frame)
         self._out_framed = framed if len(out) == 1 else None
         self._out_bytes += len(frame) + 1
-        if self._out_bytes + self.transport.pending_bytes() > self.config.client.queue_max_size:
-            log.info("client %s: outgoing queue over %d bytes", self.client_id, self.config.client.queue_max_size)
-            out.clear()
-            self._out_framed = None
-            self._out_bytes = 0
-            self.close(Disconnects.SLOW)
+        if self._out_bytes > self._room and self._over_limit():
             return
         if not self._flush_queued:
             self._flush_queued = True
             self.node.hub.flushes.add(self)
 
+    def _over_limit(self) -> bool:
+        """The queue plus what the transport still holds passes `client.queue_max_size`: close with 3008.
+        `_room` is from the last flush and the transport only drains since, so it is re-read before deciding."""
+        self._room = self.config.client.queue_max_size - self.transport.pending_bytes()
+        if self._out_bytes <= self._room:
+            return False
+        self._out.clear()
+        self._out_framed = None
+        self._out_bytes = 0
+        self._too_slow()
+        return True
+
+    def _too_slow(self) -> None:
+        log.info("client %s: outgoing queue over %d bytes", self.client_id, self.config.client.queue_max_size)
+        self.close(Disconnects.SLOW)
+
     def flush(self) -> None:
-        """Write everything queued as one text frame (`\n`-joined). Called once per turn by the hub's
-        `FlushQueue`, and before a close."""
+        """Write everything queued as one text frame. Called once per turn by the hub's `FlushQueue`. Closes with
+        3008 when the transport then holds over `client.queue_max_size`."""
         self._flush_queued = False
+        if self._out and self._write_out() < 0 and self.state is not State.CLOSED:
+            self._too_slow()
+
+    def _write_out(self) -> int:
+        """Write the queue as one `\n`-joined text frame; returns the room left under queue_max_size."""
         out = self._out
-        if not out:
-            return
         if len(out) == 1:
-            self.transport.write(out[0], self._out_framed)
+            pending = self.transport.write(out[0], self._out_framed)
         else:
-            self.transport.write(b"\n".join(out))
+            pending = self.transport.write(b"\n".join(out))
         out.clear()
         self._out_framed = None
         self._out_bytes = 0
+        self._room = self.config.client.queue_max_size - pending
+        return self._room
 
     # --- deliveries from the hub (synchronous, never await) --------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,34 +31,40 @@ class TornadoTransport:
     """`Transport` over a `WebSocketHandler`: writes complete frames straight to the connection's IOStream.
 
     Fast path (`_write_fast`, the only place that touches Tornado internals): when the stream has nothing
-    buffered, the frame goes to `IOStream.write_to_fd` at once: no Future, no task, no callback per write;
-    whatever the kernel does not take is handed to the public `IOStream.write`, which buffers it in order.
-    Pending bytes are the stream's own write buffer. If a Tornado release changes those internals, the
-    transport falls back to the public `write_message` path (tests/test_outbound.py fails loudly then).
+    buffered, the frame goes to the socket at once (plain TCP: `socket.send` itself; TLS: `write_to_fd`): no
+    Future, no task, no callback per write; whatever the kernel does not take is handed to the public
+    `IOStream.write`, which buffers it in order. Pending bytes are the stream's own write buffer. If a Tornado
+    release changes those internals, the transport falls back to the public `write_message` path
+    (tests/test_outbound.py fails loudly then).
     """
 
-    __slots__ = ("_handler", "_pending", "_stream")
+    __slots__ = ("_handler", "_pending", "_send", "_stream")
 
     def __init__(self, handler: tornado.websocket.WebSocketHandler) -> None:
         self._handler = handler
         self._pending = 0  # bytes in flight on the public path only
-        self._stream = _fast_stream(handler)
+        self._stream = stream = _fast_stream(handler)
+        self._send: Callable[[bytes], int] | None = None
+        if stream is not None:  # a plain socket: send directly; TLS: through the stream's own SSL error handling
+            self._send = stream.socket.send if type(stream) is IOStream else (
+                lambda frame: stream.write_to_fd(memoryview(frame)))
 
     @property
     def fast(self) -> bool:
         return self._stream is not None
 
-    def write(self, payload: bytes, framed: bytes | None = None) -> None:
+    def write(self, payload: bytes, framed: bytes | None = None) -> int:
         conn = self._handler.ws_connection
         if conn is None or conn.is_closing():
-            return
-        if self._stream is not None:
-            _write_fast(self._stream, framed if framed is not None else ws_text_frame(payload))
-            return
+            return 0
+        stream, send = self._stream, self._send
+        if stream is not None and send is not None:
+            return _write_fast(stream, send, framed if framed is not None else ws_text_frame(payload))
         future = self._handler.write_message(payload)  # public path: bytes with binary=False = a text frame
         size = len(payload)
         self._pending += size
         future.add_done_callback(lambda f: self._written(f, size))
+        return self._pending
 
     def _written(self, future: Future[None], size: int) -> None:
         self._pending -= size
@@ -86,22 +93,24 @@ def _fast_stream(handler: tornado.websocket.WebSocketHandler) -> IOStream | None
     return stream
 
 
-def _write_fast(stream: IOStream, frame: bytes) -> None:
+def _write_fast(stream: IOStream, send: Callable[[bytes], int], frame: bytes) -> int:
     """Write `frame` in order with what is already queued on `stream`, without a Future when the socket takes
-    it all at once (the common case: nothing buffered, room in the kernel's send buffer)."""
+    it all at once (the common case: nothing buffered, room in the kernel's send buffer). Returns the bytes
+    left in the stream's buffer."""
     if stream.closed():
-        return
+        return 0
     if not len(stream._write_buffer):
         try:
-            sent = stream.write_to_fd(memoryview(frame))
+            sent = send(frame)
         except BlockingIOError:
             sent = 0
         except OSError:
             sent = 0  # let the public path below meet the error and close the stream the usual way
         if sent == len(frame):
-            return
+            return 0
         frame = frame[sent:]
     stream.write(frame)  # buffers the rest and writes it when the socket is writable; errors close the stream
+    return len(stream._write_buffer)
 
 
 def origin_allowed(origin: str, host: str, patterns: tuple[str, ...]) -> bool:

@@ -27,10 +27,13 @@ class FakeTransport:
         self.closed: tuple[int, str] | None = None
         self.pending = 0
 
-    def write(self, payload: bytes, framed: bytes | None = None) -> None:
+    def write(self, payload: bytes, framed: bytes | None = None) -> int:
         if framed is not None:  # the hub's shared frame must carry exactly this payload
             assert framed == ws_text_frame(payload), (framed, payload)
         self.frames.append(payload)
+        if self.pending:  # a peer that stopped reading: everything written stays pending
+            self.pending += len(payload) + 2
+        return self.pending
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
