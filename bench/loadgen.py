@@ -6,7 +6,10 @@ The client speaks just enough RFC 6455 (handshake without extensions or subproto
 unmasked server frames, fragmentation, ping/close control frames) and just enough Centrifugo client protocol
 v2: it sends `connect` and its `subscribe` commands in one frame, as centrifuge-js does, is ready when the last
 subscribe is answered, answers the server's `{}` pings with `{}`, and splits frames on "\\n" (Gust coalesces
-several pushes into one frame). Each `pub` push must carry `{"s": sequence, "t": monotonic ns at publish}`.
+several pushes into one frame). Each `pub` push must carry `{"p": publisher, "s": sequence, "t": monotonic ns at
+publish}` (what `Publisher` sends); a client checks the order of each publisher's sequence numbers separately,
+since the order between publishers publishing concurrently is not defined. Pub pushes in the layout the servers
+under test produce are read with one regular expression, everything else through orjson.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import base64
 import errno
 import os
+import re
 import socket
 import time
 import typing
@@ -23,6 +27,11 @@ from collections.abc import Sequence
 
 import orjson
 
+loads = orjson.loads
+monotonic_ns = time.monotonic_ns
+# A pub push as Gust and the peers encode it: channel, then the publication with `data` first, as published.
+# Anything else (another layout, other pushes, replies, pings) takes the general path through orjson.
+match_pub = re.compile(rb'\{"push":\{"channel":"[^"\\]*","pub":\{"data":\{"p":(\d+),"s":(\d+),"t":(\d+)\}').match
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux: pick the port at connect()
 
 
@@ -48,7 +57,7 @@ class Stats:
     def __init__(self) -> None:
         self.delivered = 0
         self.latency_ns = array("q")
-        self.disorder = 0  # a sequence number not above the previous one on the same connection
+        self.disorder = 0  # a sequence number not above the previous one from its publisher on one connection
         self.closed = 0  # connections the server closed (or lost) after the handshake
         self.pings = 0
         self.last_rx_ns = 0
@@ -106,8 +115,7 @@ class WsClient(asyncio.Protocol):
         self._upgraded = False
         self.transport: asyncio.Transport | None = None
         self.channels: tuple[str, ...] = ()
-        self.last_seq = -1
-        self.received = 0
+        self.last_seq: dict[int, int] = {}  # publisher → the last sequence number received from it
         self.close_code = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -134,7 +142,14 @@ class WsClient(asyncio.Protocol):
         transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        now = time.monotonic_ns()
+        now = monotonic_ns()
+        self.stats.last_rx_ns = now
+        # The common case first: the read is exactly one whole, final text frame of at most 125 bytes (one
+        # push), and nothing is left over from an earlier read.
+        n = len(data)
+        if 1 < n < 128 and data[0] == 0x81 and data[1] == n - 2 and self._upgraded and not self._buf:
+            self._text(data[2:], now)
+            return
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -183,35 +198,43 @@ class WsClient(asyncio.Protocol):
                 return
         if pos < n:
             self._buf = data[pos:]
-        self.stats.last_rx_ns = now
 
     def _text(self, payload: bytes, now: int) -> None:
-        stats = self.stats
-        for line in payload.split(b"\n"):
-            if line.startswith(b'{"push"'):
-                pub = orjson.loads(line)["push"].get("pub")
-                if pub is None:
+        stats, last_seq = self.stats, self.last_seq
+        for line in payload.split(b"\n") if 10 in payload else (payload,):
+            m = match_pub(line)
+            if m is not None:
+                ps, ss, ts = m.groups()
+                p, seq, t = int(ps), int(ss), int(ts)
+            elif line.startswith(b'{"push"'):  # a pub push in another layout, or another push
+                pub = loads(line)["push"].get("pub")
+                if pub is None:  # join, leave, unsubscribe, ...
                     continue
                 data = pub["data"]
-                seq = data["s"]
-                stats.latency_ns.append(now - data["t"])
-                if seq <= self.last_seq:
-                    stats.disorder += 1
-                self.last_seq = seq
-                self.received += 1
-                stats.delivered += 1
-                if stats.delivered >= stats.wake_at:
-                    stats.wake()
-            elif line == b"{}":
-                stats.pings += 1
-                if self.transport is not None:
-                    self.transport.write(self._pong)
-            elif line:
-                reply = orjson.loads(line)
-                if "error" in reply:
-                    self._fail(f"error reply: {line.decode()}")
-                elif reply.get("id") == self._last_id and not self.ready.done():
-                    self.ready.set_result(None)
+                p, seq, t = data["p"], data["s"], data["t"]
+            else:
+                self._control(line)
+                continue
+            stats.latency_ns.append(now - t)
+            if seq <= last_seq.get(p, -1):
+                stats.disorder += 1
+            last_seq[p] = seq
+            stats.delivered += 1
+            if stats.delivered >= stats.wake_at:
+                stats.wake()
+
+    def _control(self, line: bytes) -> None:
+        """A line that is not a push: a ping, or a reply to one of the `hello` commands."""
+        if line == b"{}":
+            self.stats.pings += 1
+            if self.transport is not None:
+                self.transport.write(self._pong)
+        elif line:
+            reply = loads(line)
+            if "error" in reply:
+                self._fail(f"error reply: {line.decode()}")
+            elif reply.get("id") == self._last_id and not self.ready.done():
+                self.ready.set_result(None)
 
     def _fail(self, why: str) -> None:
         if not self.ready.done():
@@ -307,26 +330,32 @@ async def open_clients(stats: Stats, port: int, path: str, channel_sets: Sequenc
 
 
 class Publisher:
-    """One keep-alive HTTP/1.1 connection that POSTs publications to `/api/publish`, one at a time."""
+    """One keep-alive HTTP/1.1 connection that POSTs publications to `/api/publish`, one at a time, as publisher
+    `index`: data `{"p": index, "s": seq, "t": monotonic ns}`, with seq 0, 1, 2, ... over everything it publishes,
+    whatever the channel."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int,
-                 headers: dict[str, str]) -> None:
+                 headers: dict[str, str], index: int) -> None:
         self._reader, self._writer = reader, writer
+        self.index = index
+        self.seq = 0  # the next publication's sequence number
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self._head = (f"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}"
                       "Content-Type: application/json\r\nContent-Length: ").encode()
 
     @classmethod
-    async def open(cls, port: int, headers: dict[str, str]) -> Publisher:
+    async def open(cls, port: int, headers: dict[str, str], index: int) -> Publisher:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(reader, writer, port, headers)
+        return cls(reader, writer, port, headers, index)
 
-    async def publish(self, channel: str, seq: int) -> None:
-        """Publish `{"s": seq, "t": now}` to `channel`; raise unless the server acknowledged it."""
-        body = b'{"channel":"%s","data":{"s":%d,"t":%d}}' % (channel.encode(), seq, time.monotonic_ns())
+    async def publish(self, channel: str) -> None:
+        """Publish `{"p": index, "s": seq, "t": now}` to `channel`; raise unless the server acknowledged it."""
+        seq, self.seq = self.seq, self.seq + 1
+        body = b'{"channel":"%s","data":{"p":%d,"s":%d,"t":%d}}' % (channel.encode(), self.index, seq,
+                                                                    monotonic_ns())
         self._writer.write(self._head + b"%d\r\n\r\n" % len(body) + body)
         head = await self._reader.readuntil(b"\r\n\r\n")
         length = 0
