@@ -36,18 +36,25 @@ class Flushable(Protocol):
 
 
 class FlushQueue:
-    """Sessions with queued output, flushed together by one `call_soon` per IOLoop turn."""
+    """Sessions with queued output, flushed together by one `call_soon` per IOLoop turn.
 
-    __slots__ = ("_dirty", "_handle", "_loop", "_waited")
+    A big flush (thousands of sessions) goes in chunks of `chunk` sessions, one per loop iteration, so that I/O
+    ready meanwhile is handled in between: API requests are answered during a large fan-out, and publications
+    that arrive meanwhile join the output of the sessions not written yet (one write for several publications).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_dirty", "_handle", "_loop", "_next", "_waited", "chunk")
+
+    def __init__(self, chunk: int = 256) -> None:
+        self.chunk = chunk
         self._dirty: list[Flushable] = []
+        self._next = 0  # index in `_dirty` of the next session to flush
         self._handle: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waited = False
 
     def add(self, session: Flushable) -> None:
-        """Flush `session` at the end of this turn (the caller adds each session once per turn)."""
+        """Flush `session` at the end of this turn (the caller adds each session once until it is flushed)."""
         self._dirty.append(session)
         if self._handle is None:
             if self._loop is None:
@@ -55,19 +62,23 @@ class FlushQueue:
             self._handle = self._loop.call_soon(self._run)
 
     def _run(self) -> None:
+        assert self._loop is not None
         if not self._waited:
             # Let the I/O that is ready meanwhile (e.g. more publish requests) be handled first, so that what it
             # queues joins this flush: one write per connection for several publications under load, and only
             # one extra loop iteration (microseconds) when idle.
             self._waited = True
-            assert self._loop is not None
             self._handle = self._loop.call_soon(self._run)
             return
-        self._waited = False
-        self._handle = None
-        dirty, self._dirty = self._dirty, []
-        for session in dirty:
+        dirty, start = self._dirty, self._next
+        end = min(len(dirty), start + self.chunk)
+        for i in range(start, end):
             try:
-                session.flush()
+                dirty[i].flush()
             except Exception:  # one broken session must not keep the others' output back
                 log.exception("flush failed")
+        if end < len(dirty):
+            self._next = end
+            self._handle = self._loop.call_soon(self._run)
+            return
+        self._dirty, self._next, self._waited, self._handle = [], 0, False, None

@@ -119,3 +119,46 @@ async def test_one_turn_of_output_is_one_frame_and_shared_frames_reach_everyone(
     raw.close()
     assert opcode == TEXT and raw.last_fin
     assert frame.count(b'"pub"') == 3 and frame.count(b"\n") == 2  # three pushes, newline-joined, one frame
+
+
+class Recorder:
+    """A session stand-in for FlushQueue: records which loop iteration flushed it and what it held then."""
+
+    def __init__(self, name: str, log: list[tuple[int, str, list[str]]], clock: list[int]) -> None:
+        self.name, self.log, self.clock = name, log, clock
+        self.queued: list[str] = []
+
+    def flush(self) -> None:
+        self.log.append((self.clock[0], self.name, self.queued))
+        self.queued = []
+
+
+@pytest.mark.gen_test
+async def test_a_big_flush_goes_in_chunks_and_output_queued_meanwhile_joins_the_sessions_not_written_yet() -> None:
+    from server.outbound import FlushQueue
+
+    flushes = FlushQueue(chunk=2)
+    log: list[tuple[int, str, list[str]]] = []
+    clock = [0]
+    sessions = [Recorder(f"s{i}", log, clock) for i in range(5)]
+    for s in sessions:
+        s.queued.append("p1")
+        flushes.add(s)
+    while len(log) < 2:  # the first chunk
+        await asyncio.sleep(0)
+        clock[0] += 1
+    for s in sessions:  # a second publication lands between chunks; sessions already written are queued again
+        if not s.queued:
+            flushes.add(s)
+        s.queued.append("p2")
+    while len(log) < 7:
+        await asyncio.sleep(0)
+        clock[0] += 1
+    assert [(name, queued) for _, name, queued in log] == [
+        ("s0", ["p1"]), ("s1", ["p1"]),  # chunk 1
+        ("s2", ["p1", "p2"]), ("s3", ["p1", "p2"]),  # not written yet: both publications in one write
+        ("s4", ["p1", "p2"]),
+        ("s0", ["p2"]), ("s1", ["p2"]),  # already written: queued again at the end
+    ]
+    iterations = sorted({t for t, _, _ in log})
+    assert len(iterations) == 4, log  # at most `chunk` sessions per loop iteration
