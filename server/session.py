@@ -153,9 +153,10 @@ class ClientSession:
         self._loop = asyncio.get_running_loop()
         self._pong_due: asyncio.TimerHandle | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None  # created by the first `spawn`
         self._deferred: list[Callable[[], Awaitable[None]]] = []
-        self.limiter = CommandLimiter(self.config.client.command_rate_limit)
+        rate_limit = self.config.client.command_rate_limit
+        self.limiter = CommandLimiter(rate_limit) if rate_limit.rate > 0 else None
         self._set_timer("stale", self.config.client.stale_close_delay, self._on_stale)
 
     # --- inbound -------------------------------------------------------------------------------------------
@@ -246,6 +247,8 @@ class ClientSession:
 
     def _admit(self, cmd_id: int) -> bool:
         """`client.command_rate_limit`: False when the command is refused (error 111) or the client closed (3013)."""
+        if self.limiter is None:
+            return True
         verdict = self.limiter.check()
         if verdict is Verdict.CLOSE:
             log.info("client %s: %d commands over the rate limit in a row", self.client_id,
@@ -459,6 +462,8 @@ class ClientSession:
 
     def spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

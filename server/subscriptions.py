@@ -49,7 +49,8 @@ def new_subscription(
     sub.join_leave = opts.join_leave
     sub.push_join_leave = opts.join_leave and (opts.force_push_join_leave or asked_join_leave)
     sub.presence = opts.presence
-    sub.info = ClientInfo(s.user, s.client_id, s.conn_info, chan_info)
+    if sub.presence or sub.join_leave:  # only they publish it; an idle connection keeps no copy otherwise
+        sub.info = ClientInfo(s.user, s.client_id, s.conn_info, chan_info)
     return sub
 
 

@@ -162,3 +162,31 @@ async def test_a_big_flush_goes_in_chunks_and_output_queued_meanwhile_joins_the_
     ]
     iterations = sorted({t for t, _, _ in log})
     assert len(iterations) == 4, log  # at most `chunk` sessions per loop iteration
+
+
+@pytest.mark.gen_test
+async def test_an_open_connection_keeps_nothing_of_the_http_upgrade_on_this_tornado(client_factory, gust: Gust) -> None:
+    """The memory trims of websocket.py (`slim_after_open`, `RecordingProtocol.reader`) are in effect: if a Tornado
+    release renames what they rely on, this fails (the connection still works, with ~5 KiB more per client)."""
+    from server.websocket import HANDLER_DROPPED_AFTER_OPEN, RecordingProtocol
+
+    client: RawClient = await client_factory()
+    await client.connect()
+    (session,) = sessions(gust)
+    assert isinstance(session.transport, TornadoTransport)
+    handler = session.transport._handler
+    assert not HANDLER_DROPPED_AFTER_OPEN & set(vars(handler)), "dropped attributes are back"
+    assert len(vars(handler)) <= 21, sorted(vars(handler))  # a compact dict: at most 21 entries fit 32 slots
+    assert not handler.request.headers and handler.request.connection is None
+    protocol = handler.ws_connection
+    assert isinstance(protocol, RecordingProtocol)
+    assert protocol.reader is not None and not protocol.reader.done(), "Tornado's frame loop is not our task"
+    await client.command("subscribe", {"channel": "chat:slim"})  # reading and writing still work
+    gust.node.hub.broadcast("chat:slim", Publication(data=b'{"n":1}'))
+    assert (await client.push("pub"))["pub"]["data"] == {"n": 1}
+    client.close()
+    for _ in range(200):
+        if protocol.reader is None:
+            break
+        await asyncio.sleep(0.01)
+    assert protocol.reader is None and not sessions(gust)  # the loop ended with the connection
