@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,18 +180,13 @@ class SqliteDb:
         """Apply `ops` in one transaction (group commit). All or nothing."""
         conn = self.conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 trims: dict[str, int] = {}
                 epochs: dict[str, str] = {}
                 for op in ops:
                     self._apply(conn, op, trims, epochs)
                 for channel, below in trims.items():
                     conn.execute("DELETE FROM publications WHERE channel = ? AND offset <= ?", (channel, below))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
         except sqlite3.Error as exc:
             raise StoreError(describe(self.path, exc)) from None
 
@@ -227,21 +223,28 @@ class SqliteDb:
         """Delete expired publications and streams whose metadata expired; return how many rows went."""
         try:
             conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 gone = conn.execute("DELETE FROM publications WHERE expires_at <= ?", (now,)).rowcount
                 dead = [c for (c,) in conn.execute(
                     "SELECT channel FROM streams WHERE meta_expires_at > 0 AND meta_expires_at <= ?", (now,))]
                 for channel in dead:
                     conn.execute("DELETE FROM publications WHERE channel = ?", (channel,))
                     conn.execute("DELETE FROM streams WHERE channel = ?", (channel,))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
         except sqlite3.Error as exc:
             raise StoreError(describe(self.path, exc)) from None
         return gone + len(dead)
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT around the block; ROLLBACK when it raises anything."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
