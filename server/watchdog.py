@@ -89,8 +89,7 @@ class LoopWatchdog:
         self.metrics.loop_blocked()
         if time.monotonic() - self._reported_at < REPORT_EVERY:
             self._unreported += 1
-            while not self._stop.is_set() and not self._wait_for_tick(ticks, 1.0):
-                pass
+            self._wait_until_recovered(ticks)
             return
         stack = self._sample()
         recovered = self._wait_for_tick(ticks, REPORT_AFTER)
@@ -102,8 +101,12 @@ class LoopWatchdog:
                     "Stack of the blocking code (innermost call last):\n%s",
                     status, self.threshold * 1000, more, _innermost(stack), "".join(stack.format()).rstrip())
         if not recovered:
-            while not self._stop.is_set() and not self._wait_for_tick(ticks, 1.0):
-                pass
+            self._wait_until_recovered(ticks)
+
+    def _wait_until_recovered(self, ticks: int) -> None:
+        """Return once the loop has ticked since tick number `ticks` (or the watchdog stops): one incident."""
+        while not self._stop.is_set() and not self._wait_for_tick(ticks, 1.0):
+            pass
 
     def _wait_for_tick(self, ticks: int, timeout: float) -> bool:
         """True once the loop has ticked since tick number `ticks` (waiting at most `timeout` seconds)."""
