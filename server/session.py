@@ -411,9 +411,7 @@ class ClientSession:
         if self._pong_due is not None:
             self._pong_due.cancel()
             self._pong_due = None
-        self._out.clear()
-        self._out_framed = None
-        self._out_bytes = 0
+        self._drop_queue()
         if was_connected:
             self.node.hub.remove_session(self)
         subs, self.subs = list(self.subs.values()), {}
@@ -490,11 +488,14 @@ class ClientSession:
         self._room = self.config.client.queue_max_size - self.transport.pending_bytes()
         if self._out_bytes <= self._room:
             return False
+        self._drop_queue()
+        self._too_slow()
+        return True
+
+    def _drop_queue(self) -> None:
         self._out.clear()
         self._out_framed = None
         self._out_bytes = 0
-        self._too_slow()
-        return True
 
     def _too_slow(self) -> None:
         log.info("client %s: outgoing queue over %d bytes", self.client_id, self.config.client.queue_max_size)
@@ -514,9 +515,7 @@ class ClientSession:
             pending = self.transport.write(out[0], self._out_framed)
         else:
             pending = self.transport.write(b"\n".join(out))
-        out.clear()
-        self._out_framed = None
-        self._out_bytes = 0
+        self._drop_queue()
         self._room = self.config.client.queue_max_size - pending
         return self._room
 
