@@ -98,9 +98,7 @@ def _fast_stream(handler: tornado.websocket.WebSocketHandler) -> IOStream | None
 def _write_fast(stream: IOStream, send: Callable[[bytes], int], frame: bytes) -> int:
     """Write `frame` in order with what is already queued on `stream`, without a Future when the socket takes
     it all at once (the common case: nothing buffered, room in the kernel's send buffer). Returns the bytes
-    left in the stream's buffer."""
-    if stream.closed():
-        return 0
+    left in the stream's buffer. The caller has checked that the connection is not closing."""
     if not len(stream._write_buffer):
         try:
             sent = send(frame)
