@@ -18,18 +18,14 @@ local limit = tonumber(ARGV[1])
 if limit == 0 then
   return {top, epoch, {}}
 end
-local entries
+local command, other_end = "xrange", "+"
 if ARGV[3] == "1" then
-  if limit > 0 then
-    entries = redis.call("xrevrange", KEYS[1], ARGV[2], "-", "COUNT", limit)
-  else
-    entries = redis.call("xrevrange", KEYS[1], ARGV[2], "-")
-  end
+  command, other_end = "xrevrange", "-"
+end
+local entries
+if limit > 0 then
+  entries = redis.call(command, KEYS[1], ARGV[2], other_end, "COUNT", limit)
 else
-  if limit > 0 then
-    entries = redis.call("xrange", KEYS[1], ARGV[2], "+", "COUNT", limit)
-  else
-    entries = redis.call("xrange", KEYS[1], ARGV[2], "+")
-  end
+  entries = redis.call(command, KEYS[1], ARGV[2], other_end)
 end
 return {top, epoch, entries}
